@@ -1,0 +1,1 @@
+"""Continual learning with DST: Avalanche plugins, per-task masks, offline streams."""

@@ -1,0 +1,1 @@
+"""Gymnasium task streams for continual reinforcement learning (registered on import)."""

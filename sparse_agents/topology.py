@@ -1,0 +1,521 @@
+"""``SparseTopology``: owns the masks of a module, hooks its optimizer, runs updates.
+
+Masks are boolean buffers named ``weight_mask`` registered on each masked module, so
+``model.state_dict()`` (and therefore ``torch.save``, SB3's ``model.save`` and
+Avalanche checkpoints) carries them. The topology's own state (step, RNG, ITOP
+record, budgets) round-trips through :meth:`SparseTopology.state_dict`.
+
+Training loops need no change: the optimizer's step pre-hook runs the scheduled
+update on the dense gradient and masks the gradients; the post-hook re-masks weights
+(and optimizer state where the optimizer could have moved it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from sparse_agents.distributions import METHODS, check_sparsity, kept_counts, layer_densities
+from sparse_agents.schedules import SCHEDULES, UpdateSchedule
+from sparse_agents.updaters import UPDATERS
+from sparse_agents.updaters.base import topk
+from sparse_agents.updaters.srigl import constant_fan_in_mask
+
+MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+MASK_BUFFER = "weight_mask"
+GRAD_MASKING = ("step", "backward")
+#: Optimizers that, fed masked gradients, keep zero weights and zero state at zero.
+MASK_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
+
+
+@dataclass
+class MaskedLayer:
+    """Book-keeping for one masked weight."""
+
+    name: str  # parameter name, e.g. "net.0.weight"
+    module_name: str
+    module: nn.Module
+    density: float
+    budget: int
+    gamma_sal: float
+    allow_ablation: bool
+    ever_active: Tensor
+    #: where growth may happen (``None``: anywhere); e.g. the free pool under task masks
+    allowed: Tensor | None = None
+    #: weights outside the mask that are kept bit-identical (``None``: none), with values
+    frozen: Tensor | None = None
+    frozen_values: Tensor | None = None
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    @property
+    def mask(self) -> Tensor:
+        return getattr(self.module, MASK_BUFFER)
+
+    @property
+    def mask_f(self) -> Tensor:
+        """The mask in the weight's dtype (multiplying by it is ~7x faster than by a
+        bool mask); rebuilt whenever the mask buffer was modified in place."""
+        mask = self.mask
+        cached = self.__dict__.get("_mask_f")
+        if cached is None or cached[0] is not mask or cached[1] != mask._version:
+            cached = (mask, mask._version, mask.to(self.weight.dtype))
+            self.__dict__["_mask_f"] = cached
+        return cached[2]
+
+
+def find_maskable(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(module_name, module)`` of every Linear/Conv1d/2d/3d with a trainable weight."""
+    return [
+        (name, m) for name, m in model.named_modules()
+        if isinstance(m, MASKABLE) and isinstance(getattr(m, "weight", None), nn.Parameter)
+    ]
+
+
+def _matches(pattern: str | int, index: int, name: str) -> bool:
+    if isinstance(pattern, int):
+        return pattern == index
+    return pattern in (name, f"{name}.weight") or re.fullmatch(pattern, name) is not None
+
+
+def _select(patterns: Iterable[str | int], names: Sequence[str], what: str) -> set[int]:
+    chosen: set[int] = set()
+    for pattern in patterns:
+        hits = {i for i, n in enumerate(names) if _matches(pattern, i, n)}
+        if not hits:
+            raise ValueError(
+                f"{what} pattern {pattern!r} matches no maskable layer; layers are {list(names)}"
+            )
+        chosen |= hits
+    return chosen
+
+
+def _check_unit(value: float, name: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
+
+
+class SparseTopology:
+    """Dynamic sparse training for the Linear/Conv layers of ``model``.
+
+    Args:
+        model: the module to sparsify. With an optimizer, only layers whose weight
+            the optimizer trains are masked.
+        optimizer: the optimizer to hook (``None``: call :meth:`attach` later).
+        sparsity: global sparsity in [0, 1).
+        updater: ``"static"``, ``"set"``, ``"rigl"`` or ``"srigl"``.
+        distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
+        delta_t: optimizer steps between topology updates (>= 1).
+        t_end: last step (exclusive) at which updates run; ``None``: never stop.
+        drop_fraction: fraction of active weights replaced per update, in (0, 1).
+        schedule: ``"cosine"`` or ``"constant"`` decay of the drop fraction.
+        gamma_sal: SRigL ablation threshold in [0, 1]; a float, or a mapping from
+            layer name/regex to value (layers not matched get 0.3).
+        dense_layers: layer names, regexes or indices kept dense (no mask).
+        seed: seed of the topology's own random generator.
+        power: ERK exponent.
+        renormalise: with ``uniform``, raise the other layers so the global count
+            still hits the target despite ``dense_layers``.
+        output_layers: names/regexes of output layers that SRigL never ablates
+            (default: the last masked layer).
+        ablate_output: allow ablation in the output layers too.
+        grad_masking: ``"step"`` masks ``.grad`` in the optimizer's pre-hook (so
+            ``.grad`` is dense until then); ``"backward"`` masks in backward hooks,
+            so gradient clipping sees the sparse gradient, and keeps the dense
+            gradient aside only before update steps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        sparsity: float = 0.9,
+        updater: str = "srigl",
+        distribution: str = "erk",
+        delta_t: int = 100,
+        t_end: int | None = None,
+        drop_fraction: float = 0.3,
+        schedule: str = "cosine",
+        gamma_sal: float | Mapping[str, float] = 0.3,
+        dense_layers: Iterable[str | int] = (),
+        seed: int = 0,
+        *,
+        power: float = 1.0,
+        renormalise: bool = False,
+        output_layers: Iterable[str | int] | None = None,
+        ablate_output: bool = False,
+        grad_masking: str = "step",
+    ) -> None:
+        self.sparsity = check_sparsity(sparsity)
+        if updater not in UPDATERS:
+            raise ValueError(f"updater must be one of {tuple(UPDATERS)}, got {updater!r}")
+        if distribution not in METHODS:
+            raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if grad_masking not in GRAD_MASKING:
+            raise ValueError(f"grad_masking must be one of {GRAD_MASKING}, got {grad_masking!r}")
+        self.schedule = UpdateSchedule(delta_t, t_end, drop_fraction, schedule)
+        self.updater = updater
+        self.distribution = distribution
+        self.grad_masking = grad_masking
+        self.seed = int(seed)
+        self.model = model
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.step = 0
+        self.n_updates = 0
+        self.keep_dense_grads = False
+        self._dense_grads: dict[str, Tensor] = {}
+        self._handles: list = []
+        self._grad_handles: list = []
+        self.optimizer: torch.optim.Optimizer | None = None
+
+        candidates = find_maskable(model)
+        if optimizer is not None:
+            trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            candidates = [(n, m) for n, m in candidates if id(m.weight) in trained]
+        if not candidates:
+            raise ValueError(
+                "model has no maskable layer (nn.Linear or nn.Conv1d/2d/3d whose weight "
+                "the optimizer trains)"
+            )
+        names = [n for n, _ in candidates]
+        dense_idx = _select(dense_layers, names, "dense_layers")
+        if len(dense_idx) == len(names):
+            raise ValueError("dense_layers covers every maskable layer: nothing left to sparsify")
+        shapes = [tuple(m.weight.shape) for _, m in candidates]
+        densities = layer_densities(shapes, self.sparsity, distribution, dense=dense_idx,
+                                    power=power, renormalise=renormalise)
+        budgets = kept_counts(shapes, densities)
+        sparse_idx = [i for i in range(len(names)) if i not in dense_idx]
+        if output_layers is None:
+            out_idx = {sparse_idx[-1]}
+        else:
+            out_idx = _select(output_layers, names, "output_layers")
+        gammas = self._gammas(gamma_sal, names)
+
+        self.dense_names = [f"{names[i]}.weight" for i in sorted(dense_idx)]
+        self._dense_numel = sum(candidates[i][1].weight.numel() for i in dense_idx)
+        self.layers: list[MaskedLayer] = []
+        for i in sparse_idx:
+            module_name, module = candidates[i]
+            weight = module.weight
+            layer = MaskedLayer(
+                name=f"{module_name}.weight", module_name=module_name, module=module,
+                density=densities[i], budget=budgets[i], gamma_sal=gammas[i],
+                allow_ablation=ablate_output or i not in out_idx,
+                ever_active=torch.zeros(weight.shape, dtype=torch.bool, device=weight.device),
+            )
+            mask = self._initial_mask(layer)
+            if hasattr(module, MASK_BUFFER):
+                raise ValueError(f"layer {module_name!r} already has a {MASK_BUFFER!r}: "
+                                 "one SparseTopology per layer")
+            module.register_buffer(MASK_BUFFER, mask)
+            module.register_load_state_dict_pre_hook(_require_mask)
+            layer.ever_active |= mask
+            with torch.no_grad():
+                weight.mul_(mask)
+            self.layers.append(layer)
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _gammas(gamma_sal: float | Mapping[str, float], names: Sequence[str]) -> list[float]:
+        if isinstance(gamma_sal, Mapping):
+            out = [0.3] * len(names)
+            for pattern, value in gamma_sal.items():
+                for i in _select([pattern], names, "gamma_sal"):
+                    out[i] = _check_unit(value, f"gamma_sal[{pattern!r}]")
+            return out
+        return [_check_unit(gamma_sal, "gamma_sal")] * len(names)
+
+    def _initial_mask(self, layer: MaskedLayer) -> Tensor:
+        shape = layer.weight.shape
+        if self.updater == "srigl":
+            return constant_fan_in_mask(shape, layer.budget, self.generator, layer.weight.device)
+        scores = torch.zeros(shape)
+        return topk(scores, layer.budget, self.generator).to(layer.weight.device)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Hook ``optimizer`` (detaching from any earlier one)."""
+        self.detach()
+        self.optimizer = optimizer
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_step_post_hook(self._post_step),
+        ]
+        if self.grad_masking == "backward":
+            self._grad_handles = [
+                layer.weight.register_hook(self._grad_hook(layer)) for layer in self.layers
+            ]
+        self._remask_state()
+
+    def detach(self) -> None:
+        """Remove every hook; masks stay on the model."""
+        for handle in self._handles + self._grad_handles:
+            handle.remove()
+        self._handles, self._grad_handles = [], []
+        self.optimizer = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """Parameter name -> boolean mask (the registered buffer itself)."""
+        return {layer.name: layer.mask for layer in self.layers}
+
+    @torch.no_grad()
+    def freeze(self, name: str, frozen: Tensor | None, allowed: Tensor | None = None) -> None:
+        """Keep the current values of ``frozen`` entries of layer ``name`` bit-identical.
+
+        Frozen entries must lie outside the layer's mask: they get no gradient, no
+        optimizer state and are restored after every step (so weight decay cannot move
+        them). ``allowed`` restricts where updates may grow (default: outside
+        ``frozen``). ``frozen=None`` unfreezes.
+        """
+        layer = self.layer(name)
+        if frozen is None:
+            layer.frozen = layer.frozen_values = None
+            layer.allowed = allowed
+            return
+        if frozen.shape != layer.weight.shape or frozen.dtype != torch.bool:
+            raise ValueError(f"frozen must be a bool tensor of shape {tuple(layer.weight.shape)}")
+        if bool((frozen & layer.mask).any()):
+            raise ValueError(f"frozen entries of {layer.name!r} overlap its trainable mask")
+        layer.frozen = frozen.clone()
+        layer.frozen_values = layer.weight.detach() * frozen
+        layer.allowed = ~frozen if allowed is None else allowed.clone()
+
+    def layer(self, name: str) -> MaskedLayer:
+        """The masked layer called ``name`` (parameter or module name)."""
+        for layer in self.layers:
+            if name in (layer.name, layer.module_name):
+                return layer
+        raise KeyError(f"no masked layer {name!r}; masked layers: {[x.name for x in self.layers]}")
+
+    # ------------------------------------------------------------------ hooks
+    def _grad_hook(self, layer: MaskedLayer):
+        def hook(grad: Tensor) -> Tensor:
+            if self.keep_dense_grads or self.schedule.is_update_step(self.step + 1):
+                prev = self._dense_grads.get(layer.name)
+                self._dense_grads[layer.name] = grad.detach() if prev is None else prev + grad
+            return grad * layer.mask_f
+
+        return hook
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        upcoming = self.step + 1
+        if self.updater != "static" and self.schedule.is_update_step(upcoming):
+            self._run_update(upcoming, scheduled=True)
+        if self.grad_masking == "step":
+            with_grad = [x for x in self.layers if x.weight.grad is not None]
+            if with_grad:
+                torch._foreach_mul_([x.weight.grad for x in with_grad],
+                                    [x.mask_f for x in with_grad])
+
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        self.step += 1
+        # SGD/Adam/AdamW/RMSprop fed masked gradients leave zero weights and zero
+        # state at zero (their updates are products with the masked gradient and
+        # state), so they need no re-masking; others, and layers with frozen entries
+        # (weight decay moves those), are re-masked after every step.
+        preserving = isinstance(optimizer, MASK_PRESERVING)
+        layers = [x for x in self.layers if not preserving or x.frozen is not None]
+        if layers:
+            self._remask(layers)
+        self._dense_grads.clear()
+
+    @torch.no_grad()
+    def _remask(self, layers: Sequence[MaskedLayer]) -> None:
+        """Zero weights and optimizer state outside the mask; restore frozen entries."""
+        for layer in layers:
+            layer.weight.mul_(layer.mask_f)
+            if layer.frozen_values is not None:
+                layer.weight.add_(layer.frozen_values)
+        self._remask_state(layers)
+
+    def _remask_state(self, layers: Sequence[MaskedLayer] | None = None) -> None:
+        """Zero the optimizer state of inactive entries (moments, momentum)."""
+        if self.optimizer is None:
+            return
+        with torch.no_grad():
+            for layer in self.layers if layers is None else layers:
+                state = self.optimizer.state.get(layer.weight, {})
+                for value in state.values():
+                    if torch.is_tensor(value) and value.shape == layer.weight.shape:
+                        value.mul_(layer.mask_f)
+
+    # ------------------------------------------------------------------ updates
+    def dense_grad(self, layer: MaskedLayer) -> Tensor | None:
+        """The dense gradient of ``layer`` for an update: kept aside, else ``.grad``."""
+        kept = self._dense_grads.get(layer.name)
+        return kept if kept is not None else layer.weight.grad
+
+    def update(self) -> dict[str, int]:
+        """Run one topology update now, on the gradients in ``.grad`` (or the dense
+        gradients kept aside by ``grad_masking="backward"``). Returns, per layer, the
+        number of weights that changed."""
+        return self._run_update(max(self.step, 1), scheduled=False)
+
+    @torch.no_grad()
+    def _run_update(self, step: int, scheduled: bool) -> dict[str, int]:
+        fn = UPDATERS[self.updater]
+        needs_grad = self.updater in ("rigl", "srigl")
+        grads = {layer.name: self.dense_grad(layer) for layer in self.layers}
+        if needs_grad and not scheduled and all(g is None for g in grads.values()):
+            raise ValueError(
+                f"updater {self.updater!r} grows by gradient: call backward() before update()"
+            )
+        fraction = self.schedule.fraction(step)
+        changed: dict[str, int] = {}
+        for layer in self.layers:
+            grad = grads[layer.name]
+            if needs_grad and grad is None:
+                continue  # layer unused by this loss: nothing to score growth on
+            old = layer.mask.clone()
+            n_drop = int(int(old.sum()) * fraction)
+            new = fn(layer.weight, old, grad, n_drop, self.generator, budget=layer.budget,
+                     gamma_sal=layer.gamma_sal, allow_ablation=layer.allow_ablation,
+                     allowed=layer.allowed)
+            self._apply(layer, old, new)
+            changed[layer.name] = int((old & ~new).sum())
+        self.n_updates += 1
+        return changed
+
+    def _apply(self, layer: MaskedLayer, old: Tensor, new: Tensor) -> None:
+        """Install ``new``; dropped and grown weights and their optimizer state become 0."""
+        layer.mask.copy_(new)
+        keep = old & new  # entries whose value and state survive the update
+        layer.weight.mul_(keep)
+        if layer.frozen_values is not None:
+            layer.weight.add_(layer.frozen_values)
+        if layer.weight.grad is not None and self.grad_masking == "backward":
+            layer.weight.grad.mul_(new)
+        if self.optimizer is not None:
+            for value in self.optimizer.state.get(layer.weight, {}).values():
+                if torch.is_tensor(value) and value.shape == layer.weight.shape:
+                    value.mul_(keep)
+        layer.ever_active |= new
+
+    # ------------------------------------------------------------------ metrics
+    @torch.no_grad()
+    def metrics(self) -> dict[str, float]:
+        """Global and per-layer density, alive neurons, fan-in, ITOP rate, counts."""
+        out: dict[str, float] = {}
+        active = self._dense_numel
+        total = self._dense_numel
+        ever = 0
+        masked_total = 0
+        for layer in self.layers:
+            m = layer.mask.reshape(layer.mask.shape[0], -1)
+            fan_in = m.sum(dim=1)
+            alive = fan_in > 0
+            n = int(m.sum())
+            active += n
+            total += m.numel()
+            masked_total += m.numel()
+            ever += int(layer.ever_active.sum())
+            key = layer.module_name
+            out[f"density/{key}"] = n / m.numel()
+            out[f"alive/{key}"] = int(alive.sum())
+            out[f"alive_frac/{key}"] = float(alive.float().mean())
+            live = fan_in[alive].float()
+            out[f"fan_in_mean/{key}"] = float(live.mean()) if live.numel() else 0.0
+            out[f"fan_in_min/{key}"] = int(live.min()) if live.numel() else 0
+            out[f"fan_in_max/{key}"] = int(live.max()) if live.numel() else 0
+        out["density"] = active / total
+        out["itop"] = ever / masked_total
+        out["updates"] = self.n_updates
+        out["step"] = self.step
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Step, update count, RNG state, masks, ITOP record and configuration."""
+        return {
+            "step": self.step,
+            "n_updates": self.n_updates,
+            "generator": self.generator.get_state(),
+            "masks": {x.name: x.mask.detach().cpu().clone() for x in self.layers},
+            "ever_active": {x.name: x.ever_active.cpu().clone() for x in self.layers},
+            "budgets": {x.name: x.budget for x in self.layers},
+            "config": {
+                "sparsity": self.sparsity, "updater": self.updater,
+                "distribution": self.distribution, "delta_t": self.schedule.delta_t,
+                "t_end": self.schedule.t_end, "drop_fraction": self.schedule.drop_fraction,
+                "schedule": self.schedule.kind, "seed": self.seed,
+            },
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore masks, step, RNG and ITOP record; masks must match every layer."""
+        masks = state.get("masks")
+        if not isinstance(masks, Mapping):
+            raise ValueError("state has no 'masks': it is not a SparseTopology state_dict")
+        for layer in self.layers:
+            if layer.name not in masks:
+                raise ValueError(f"state has no mask for layer {layer.name!r}")
+            mask = masks[layer.name]
+            if tuple(mask.shape) != tuple(layer.weight.shape):
+                raise ValueError(
+                    f"mask for {layer.name!r} has shape {tuple(mask.shape)}, "
+                    f"expected {tuple(layer.weight.shape)}"
+                )
+        for layer in self.layers:
+            layer.mask.copy_(masks[layer.name].to(torch.bool))
+            ever = state.get("ever_active", {}).get(layer.name)
+            layer.ever_active.copy_(ever if ever is not None else layer.mask)
+            layer.budget = int(state.get("budgets", {}).get(layer.name, layer.budget))
+        self.step = int(state["step"])
+        self.n_updates = int(state.get("n_updates", 0))
+        self.generator.set_state(state["generator"])
+        self._remask(self.layers)
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseTopology(updater={self.updater!r}, distribution={self.distribution!r}, "
+            f"sparsity={self.sparsity}, layers={len(self.layers)}, step={self.step})"
+        )
+
+
+def _require_mask(module, state_dict, prefix, local_metadata, strict, missing_keys,
+                  unexpected_keys, error_msgs) -> None:
+    """Refuse a checkpoint without (or with a mis-shaped) mask for a masked layer."""
+    key = prefix + MASK_BUFFER
+    if key not in state_dict:
+        # torch passes strict=True to every module whatever the caller asked, so a
+        # missing mask is always refused: a sparse model loads sparse checkpoints.
+        raise ValueError(
+            f"checkpoint has no mask {key!r}: it was not saved from a sparse model "
+            "with the same masked layers"
+        )
+    weight = getattr(module, "weight", None)
+    if weight is not None and tuple(state_dict[key].shape) != tuple(weight.shape):
+        raise ValueError(
+            f"mask {key!r} has shape {tuple(state_dict[key].shape)}, "
+            f"expected the weight's shape {tuple(weight.shape)}"
+        )
+
+
+def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Module name -> module, for every module carrying a ``weight_mask`` buffer."""
+    return {n: m for n, m in model.named_modules() if isinstance(
+        getattr(m, MASK_BUFFER, None), Tensor)}
+
+
+def global_density(model: nn.Module) -> float:
+    """Active fraction over every masked weight of ``model`` (from its masks)."""
+    layers = masked_layers(model).values()
+    total = sum(m.weight.numel() for m in layers)
+    if not total:
+        return math.nan
+    return sum(int(getattr(m, MASK_BUFFER).sum()) for m in layers) / total
