@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import batch, cnn, make_opt, mlp, train_step
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import sparse_agents as sa
@@ -280,3 +282,25 @@ def test_checkpoint_round_trip_in_fresh_process(tmp_path, updater):
         assert torch.equal(v, b["model"][k]), k
     for k, v in a["topo"]["masks"].items():
         assert torch.equal(v, b["topo"]["masks"][k]), k
+
+
+# ----------------------------------------------------------------- property-based
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=3, max_size=5),
+    sparsity=st.floats(0.0, 0.98),
+    updater=st.sampled_from(UPDATERS),
+    distribution=st.sampled_from(["uniform", "er", "erk"]),
+    seed=st.integers(0, 1000),
+    opt_name=st.sampled_from(["sgd", "adam", "adamw"]),
+)
+def test_property_invariants_over_shapes(sizes, sparsity, updater, distribution, seed, opt_name):
+    sizes[-1] = max(sizes[-1], 2)  # at least two classes
+    model = mlp(seed=seed, sizes=tuple(sizes))
+    opt = make_opt(opt_name, model)
+    topo = sa.SparseTopology(model, opt, sparsity=sparsity, updater=updater,
+                             distribution=distribution, delta_t=2, seed=seed)
+    check_invariants(topo, opt)
+    for step in range(6):
+        train_step(model, opt, step)
+        check_invariants(topo, opt)

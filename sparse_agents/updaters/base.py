@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+
 class Updater(Protocol):
     """One topology update of one layer: returns the new boolean mask."""
 
