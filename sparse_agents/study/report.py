@@ -1,0 +1,196 @@
+"""Aggregate study results over seeds: tables (CSV, markdown), plots and a summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from sparse_agents.study.store import write_json_atomic
+
+GROUP = ["workload", "distribution", "sparsity", "updater"]
+LOW_SPARSITY = 0.8  # the seed's "low" (<=) and "high" (>=) sparsity regimes
+HIGH_SPARSITY = 0.95
+
+
+def load_results(out: str | Path) -> pd.DataFrame:
+    """One row per run under ``out/runs`` (ok and failed), metrics flattened."""
+    rows = []
+    for path in sorted((Path(out) / "runs").glob("*.json")):
+        rec = json.loads(path.read_text())
+        cfg = rec["config"]
+        row = {k: cfg[k] for k in ("workload", "distribution", "sparsity", "updater", "seed")}
+        row.update(job_id=rec["job_id"], status=rec["status"], wall_time=rec.get("wall_time"),
+                   error=(rec.get("error") or "").strip().splitlines()[-1:] or None)
+        row["error"] = row["error"][0] if row["error"] else None
+        for key, value in rec.get("metrics", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = float(value)
+            elif key == "metric_name":
+                row[key] = value
+        rows.append(row)
+    columns = GROUP + ["seed", "job_id", "status", "wall_time", "error", "metric"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def _ci95(std: float, n: int) -> float:
+    if n < 2 or not np.isfinite(std):
+        return math.nan
+    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def aggregate(df: pd.DataFrame, metric: str = "metric") -> pd.DataFrame:
+    """Mean, std, 95% CI half-width (Student t) and n per workload x distribution x
+    sparsity x updater, over the successful seeds."""
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame(columns=GROUP + ["mean", "std", "ci95", "n"])
+    grouped = ok.groupby(GROUP, dropna=False)[metric]
+    table = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    table["std"] = table["std"].fillna(0.0).where(table["n"] > 1, math.nan)
+    table["ci95"] = [_ci95(s, n) for s, n in zip(table["std"], table["n"], strict=True)]
+    return table.sort_values(GROUP).reset_index(drop=True)[GROUP + ["mean", "std", "ci95", "n"]]
+
+
+def compare(df: pd.DataFrame, a: str = "erk", b: str = "uniform",
+            metric: str = "metric") -> pd.DataFrame:
+    """Per workload x updater x sparsity: mean(a) - mean(b), its 95% CI (Welch) and
+    whether the difference is outside the CI (i.e. the CI excludes 0)."""
+    ok = df[df["status"] == "ok"]
+    rows = []
+    for (w, u, s), g in ok.groupby(["workload", "updater", "sparsity"]):
+        xa = g.loc[g["distribution"] == a, metric].to_numpy(float)
+        xb = g.loc[g["distribution"] == b, metric].to_numpy(float)
+        if not len(xa) or not len(xb):
+            continue
+        diff = float(xa.mean() - xb.mean())
+        half = math.nan
+        if len(xa) > 1 and len(xb) > 1:
+            va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
+            se = math.sqrt(va + vb)
+            if se > 0:
+                dof = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
+                half = float(stats.t.ppf(0.975, dof) * se)
+            else:
+                half = 0.0
+        rows.append({"workload": w, "updater": u, "sparsity": s, f"{a}_mean": xa.mean(),
+                     f"{b}_mean": xb.mean(), "diff": diff, "ci95": half,
+                     "significant": bool(np.isfinite(half) and abs(diff) > half),
+                     "n_a": len(xa), "n_b": len(xb)})
+    return pd.DataFrame(rows)
+
+
+def summary_text(cmp: pd.DataFrame, failed: pd.DataFrame, a: str = "erk",
+                 b: str = "uniform") -> str:
+    """Plain-language summary: where each distribution wins, and whether the seed's
+    finding (ERK better at low sparsity, uniform better at high) is reproduced."""
+    lines = [f"# Study summary: {a.upper()} vs {b}", ""]
+    if cmp.empty:
+        lines.append(f"No workload has results for both {a} and {b}.")
+    for (w, u), g in cmp.groupby(["workload", "updater"]):
+        wins_a = [f"{s:g}{'*' if sig else ''}" for s, d, sig in
+                  zip(g["sparsity"], g["diff"], g["significant"], strict=True) if d > 0]
+        wins_b = [f"{s:g}{'*' if sig else ''}" for s, d, sig in
+                  zip(g["sparsity"], g["diff"], g["significant"], strict=True) if d < 0]
+        lines.append(f"- **{w}, {u}**: {a} wins at sparsity {', '.join(wins_a) or 'none'}; "
+                     f"{b} wins at {', '.join(wins_b) or 'none'} "
+                     "(* = difference outside the 95% CI).")
+        low = g[g["sparsity"] <= LOW_SPARSITY]
+        high = g[g["sparsity"] >= HIGH_SPARSITY]
+        if len(low) and len(high):
+            low_ok = bool((low["diff"] > 0).all())
+            high_ok = bool((high["diff"] < 0).all())
+            sig = bool(low["significant"].any() or high["significant"].any())
+            verdict = "reproduced" if low_ok and high_ok else (
+                "partly reproduced" if low_ok or high_ok else "not reproduced")
+            lines.append(f"  - seed finding ({a} better at sparsity <= {LOW_SPARSITY}, {b} "
+                         f"better at >= {HIGH_SPARSITY}): **{verdict}**"
+                         f"{'' if sig else ' (no difference outside the CI)'}; mean diffs "
+                         + ", ".join(f"{s:g}: {d:+.4f}±{h:.4f}" for s, d, h in
+                                     zip(g["sparsity"], g["diff"], g["ci95"], strict=True)))
+    if len(failed):
+        lines += ["", f"{len(failed)} run(s) failed:"]
+        lines += [f"- {r.job_id}: {r.error}" for r in failed.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, cmp: pd.DataFrame, out: Path, metric_label: str) -> list[Path]:
+    """Metric vs sparsity (a line per distribution, a panel per workload x updater),
+    and a heat-map of the ERK - uniform difference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    sparse = table[table["updater"] != "dense"]
+    if sparse.empty:
+        return paths
+    workloads = sorted(sparse["workload"].unique())
+    updaters = sorted(sparse["updater"].unique())
+    fig, axes = plt.subplots(len(workloads), len(updaters), squeeze=False,
+                             figsize=(4 * len(updaters), 3.2 * len(workloads)))
+    for i, w in enumerate(workloads):
+        dense = table[(table["workload"] == w) & (table["updater"] == "dense")]
+        for j, u in enumerate(updaters):
+            ax = axes[i][j]
+            for dist, g in sparse[(sparse["workload"] == w) & (sparse["updater"] == u)] \
+                    .groupby("distribution"):
+                g = g.sort_values("sparsity")
+                ax.errorbar(g["sparsity"], g["mean"], yerr=g["ci95"].fillna(0), marker="o",
+                            capsize=3, label=dist)
+            if len(dense):
+                ax.axhline(float(dense["mean"].iloc[0]), color="grey", ls="--", label="dense")
+            ax.set_title(f"{w} / {u}", fontsize=9)
+            ax.set_xlabel("sparsity")
+            ax.set_ylabel(metric_label)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "metric_vs_sparsity.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    if not cmp.empty:
+        pivot = cmp.pivot_table(index=["workload", "updater"], columns="sparsity", values="diff")
+        fig, ax = plt.subplots(figsize=(1.2 * pivot.shape[1] + 3, 0.5 * pivot.shape[0] + 1.5))
+        lim = float(np.nanmax(np.abs(pivot.to_numpy()))) or 1.0
+        im = ax.imshow(pivot.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(pivot.shape[1]), [f"{c:g}" for c in pivot.columns])
+        ax.set_yticks(range(pivot.shape[0]), [f"{w} / {u}" for w, u in pivot.index])
+        for (r, c), v in np.ndenumerate(pivot.to_numpy()):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:+.3f}", ha="center", va="center", fontsize=7)
+        ax.set_xlabel("sparsity")
+        ax.set_title(f"ERK - uniform ({metric_label})")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        paths.append(out / "erk_minus_uniform.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def write_report(out: str | Path) -> dict:
+    """Write ``summary_table.{csv,md}``, ``erk_vs_uniform.{csv,md}``, plots and
+    ``summary.md`` under ``out``; return their paths."""
+    out = Path(out)
+    df = load_results(out)
+    table = aggregate(df)
+    cmp = compare(df)
+    failed = df[df["status"] != "ok"] if len(df) else df
+    names = df["metric_name"].dropna().unique() if "metric_name" in df else []
+    label = " / ".join(names) or "metric"
+    written = {}
+    for name, frame in (("summary_table", table), ("erk_vs_uniform", cmp), ("runs", df)):
+        frame.to_csv(out / f"{name}.csv", index=False)
+        (out / f"{name}.md").write_text(frame.to_markdown(index=False, floatfmt=".4f") + "\n")
+        written[name] = out / f"{name}.csv"
+    (out / "summary.md").write_text(summary_text(cmp, failed))
+    written["summary"] = out / "summary.md"
+    for path in plot(table, cmp, out, label):
+        written[path.stem] = path
+    write_json_atomic(out / "report.json", {k: str(v) for k, v in written.items()})
+    return written

@@ -1,0 +1,149 @@
+"""Run study jobs: local processes (default) or a Ray cluster; resumable and crash-safe.
+
+Every finished job writes ``<out>/runs/<job_id>.json`` atomically; a re-run skips the
+jobs whose file says ``ok``. A job that raises is recorded as ``failed`` with its
+traceback; a job whose process dies (killed, out of memory) is recorded as ``failed``
+with its exit code. Neither stops the other jobs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sparse_agents.study.grid import Job
+from sparse_agents.study.store import (
+    is_finished,
+    read_result,
+    result_path,
+    write_json_atomic,
+)
+from sparse_agents.study.workloads import resolve, seed_everything
+
+BACKENDS = ("process", "ray")
+
+
+def versions() -> dict:
+    """Versions of the packages a result depends on (from metadata: nothing imported)."""
+    out = {"python": platform.python_version()}
+    for name in ("torch", "stable-baselines3", "avalanche-lib", "gymnasium", "sparse-agents"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def execute(job: Job) -> dict:
+    """Run ``job`` in this process and return its record (never raises)."""
+    start = time.perf_counter()
+    record = {"job_id": job.job_id, "config": job.config(), "status": "ok", "error": None}
+    try:
+        seed_everything(job.seed)
+        metrics = resolve(job.workload)(job)
+        record["masks"] = metrics.pop("masks", {})
+        record["metrics"] = metrics
+    except Exception:  # noqa: BLE001 - recorded, so the other jobs go on
+        record.update(status="failed", error=traceback.format_exc(), metrics={}, masks={})
+    record["wall_time"] = time.perf_counter() - start
+    record["versions"] = versions()
+    record["host"] = platform.node()
+    record["finished_at"] = time.time()
+    return record
+
+
+def _child(job: dict, path: str) -> None:
+    write_json_atomic(Path(path), execute(Job(**job)))
+
+
+def _failed(job: Job, error: str) -> dict:
+    return {"job_id": job.job_id, "config": job.config(), "status": "failed", "error": error,
+            "metrics": {}, "masks": {}, "wall_time": None, "versions": versions(),
+            "finished_at": time.time()}
+
+
+def _run_processes(jobs: Sequence[Job], out: Path, workers: int, progress: Progress,
+                   task) -> None:
+    """One spawned process per job, ``workers`` at a time: a crash loses only its job."""
+    ctx = mp.get_context("spawn")
+    queue = list(jobs)
+    running: dict = {}
+    while queue or running:
+        while queue and len(running) < workers:
+            job = queue.pop(0)
+            path = result_path(out, job.job_id)
+            path.unlink(missing_ok=True)  # a stale failure must not pass for this run's
+            proc = ctx.Process(target=_child, args=(asdict(job), str(path)), daemon=False)
+            proc.start()
+            running[proc] = job
+        time.sleep(0.05)
+        for proc in [p for p in running if not p.is_alive()]:
+            job = running.pop(proc)
+            proc.join()
+            if read_result(out, job.job_id) is None:
+                write_json_atomic(result_path(out, job.job_id),
+                                  _failed(job, f"worker process died (exit code {proc.exitcode})"))
+            progress.advance(task)
+
+
+def _run_ray(jobs: Sequence[Job], out: Path, workers: int, address: str | None,
+             progress: Progress, task) -> None:
+    """Run on a Ray cluster (``address`` or ``RAY_ADDRESS``; none: a local cluster)."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ValueError("backend='ray' needs the optional extra: pip install "
+                         "'sparse-agents[ray]'") from err
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=workers, **kwargs)
+    remote = ray.remote(num_cpus=1, max_retries=0)(execute)
+    refs = {remote.remote(job): job for job in jobs}
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        for ref in done:
+            job = refs.pop(ref)
+            try:
+                record = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - a dead worker fails only its job
+                record = _failed(job, f"ray task failed: {err!r}")
+            # The driver writes, so workers need no shared file system.
+            write_json_atomic(result_path(out, job.job_id), record)
+            progress.advance(task)
+
+
+def run_study(jobs: Sequence[Job], out: str | Path, workers: int | None = None,
+              backend: str = "process", ray_address: str | None = None,
+              retry_failed: bool = True, show_progress: bool = True) -> list[dict]:
+    """Run the jobs not finished yet under ``out``; return every job's record."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    workers = int(workers or os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "study.json", {"jobs": [j.config() | {"job_id": j.job_id}
+                                                    for j in jobs]})
+    pending = [j for j in jobs if not is_finished(out, j.job_id, retry_failed)]
+    columns = (TextColumn("[bold]study"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        task = progress.add_task("jobs", total=len(pending))
+        if pending and backend == "process":
+            _run_processes(pending, out, workers, progress, task)
+        elif pending:
+            _run_ray(pending, out, workers, ray_address, progress, task)
+    return [read_result(out, j.job_id) for j in jobs]

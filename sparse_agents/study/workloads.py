@@ -1,0 +1,148 @@
+"""Workloads a study can run: each maps a :class:`Job` to a dict of metrics.
+
+- ``digits``: a sparse MLP (64-256-256-10) classifying scikit-learn's digits (a single
+  task; fast, offline).
+- ``cl:<stream>``: a continual-learning stream from :mod:`continual` (e.g.
+  ``cl:split-digits``, ``cl:permuted-digits``); setting ``task_masks`` (default true)
+  uses per-task masks, otherwise DST on a naive strategy.
+- ``rl:<env id>``: PPO (setting ``algo``) with a sparse policy on a gymnasium env.
+
+Every workload returns ``{"metric": primary value, "metric_name": ..., ...}`` plus a
+summary of the final masks under ``"masks"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparse_agents.study.grid import Job
+from sparse_agents.topology import SparseTopology
+
+Workload = Callable[[Job], dict]
+
+
+def mask_summary(topo: SparseTopology | None) -> dict:
+    """Global/per-layer density, alive neurons and ITOP of a topology (``{}``: dense)."""
+    if topo is None:
+        return {}
+    return {k: float(v) for k, v in topo.metrics().items()}
+
+
+def digits_split(seed: int, test_fraction: float = 0.25):
+    """scikit-learn digits as float tensors, split train/test by a seeded permutation."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = int(len(y) * test_fraction)
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def run_digits(job: Job) -> dict:
+    """Train a sparse MLP on digits; metric: test accuracy."""
+    s = job.settings
+    epochs = int(s.get("epochs", 10))
+    batch = int(s.get("batch_size", 64))
+    hidden = int(s.get("hidden", 256))
+    torch.manual_seed(job.seed)
+    xtr, ytr, xte, yte = digits_split(job.seed)
+    model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                          nn.Linear(hidden, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=float(s.get("lr", 1e-3)))
+    steps_per_epoch = (len(ytr) + batch - 1) // batch
+    total = epochs * steps_per_epoch
+    topo = None
+    if job.updater != "dense":
+        topo = SparseTopology(model, opt, sparsity=job.sparsity, updater=job.updater,
+                              distribution=job.distribution, delta_t=int(s.get("delta_t", 10)),
+                              t_end=max(2, int(0.75 * total)), seed=job.seed)
+    g = torch.Generator().manual_seed(job.seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(ytr), generator=g)
+        for i in range(0, len(ytr), batch):
+            idx = order[i:i + batch]
+            loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        acc = float((model(xte).argmax(1) == yte).float().mean())
+    return {"metric": acc, "metric_name": "test_accuracy", "test_accuracy": acc,
+            "masks": mask_summary(topo)}
+
+
+def run_cl(job: Job) -> dict:
+    """A continual-learning stream; metric: average accuracy after the last task."""
+    from continual.experiment import run_experiment
+
+    s = dict(job.settings)
+    stream = job.workload.split(":", 1)[1]
+    result = run_experiment(
+        stream=stream,
+        strategy=s.get("strategy", "naive"),
+        updater=job.updater,
+        sparsity=job.sparsity,
+        distribution=job.distribution if job.updater != "dense" else "erk",
+        task_masks=bool(s.get("task_masks", True)) and job.updater != "dense",
+        epochs=int(s.get("epochs", 2)),
+        seed=job.seed,
+        n_tasks=s.get("n_tasks"),
+    )
+    metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    metrics.update({"metric": float(result["avg_accuracy"]), "metric_name": "avg_accuracy",
+                    "masks": result.get("masks", {})})
+    return metrics
+
+
+def run_rl(job: Job) -> dict:
+    """An SB3 agent with a sparse policy; metric: mean evaluation return at the end."""
+    from sparse_agents.sb3.experiment import train_and_evaluate
+
+    s = dict(job.settings)
+    env_id = job.workload.split(":", 1)[1]
+    result = train_and_evaluate(
+        algo=s.get("algo", "ppo"), env_id=env_id, updater=job.updater,
+        sparsity=job.sparsity, distribution=job.distribution if job.updater != "dense"
+        else "erk", timesteps=int(s.get("timesteps", 50_000)), seed=job.seed,
+        eval_episodes=int(s.get("eval_episodes", 10)),
+    )
+    metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    metrics.update({"metric": float(result["mean_return"]), "metric_name": "mean_return",
+                    "masks": result.get("masks", {})})
+    return metrics
+
+
+PREFIXES: dict[str, Workload] = {"cl": run_cl, "rl": run_rl}
+NAMED: dict[str, Workload] = {"digits": run_digits}
+
+
+def resolve(name: str) -> Workload:
+    """The function that runs workload ``name``."""
+    if name in NAMED:
+        return NAMED[name]
+    prefix = name.split(":", 1)[0]
+    if ":" in name and prefix in PREFIXES and name.split(":", 1)[1]:
+        return PREFIXES[prefix]
+    raise ValueError(
+        f"workload must be one of {sorted(NAMED)} or 'cl:<stream>' / 'rl:<env id>', "
+        f"got {name!r}"
+    )
+
+
+def check_workload(name: str) -> None:
+    """Raise ``ValueError`` for an unknown workload name."""
+    resolve(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy, single-threaded torch (same results in any worker)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.set_num_threads(1)

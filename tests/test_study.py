@@ -1,0 +1,162 @@
+"""Study harness: grid expansion, job ids, resumability after SIGKILL, failures, Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sparse_agents.study import aggregate, expand_grid, load_results, run_study
+from sparse_agents.study.cli import main
+from sparse_agents.study.grid import load_grid_file
+from sparse_agents.study.report import compare, summary_text
+from sparse_agents.study.store import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"epochs": 1, "hidden": 32}
+
+
+def tiny_grid(**over):
+    spec = dict(workloads=["digits"], distributions=["erk", "uniform"], sparsities=[0.5, 0.9],
+                updaters=["srigl"], seeds=2, **TINY)
+    spec.update(over)
+    return expand_grid(spec)
+
+
+def test_grid_expansion_and_stable_ids():
+    jobs = tiny_grid()
+    assert len(jobs) == 2 * 2 * 2
+    ids = [j.job_id for j in jobs]
+    assert len(set(ids)) == len(ids)
+    assert ids == [j.job_id for j in tiny_grid()]  # stable across calls
+    assert tiny_grid(epochs=2)[0].job_id != jobs[0].job_id  # settings are part of the id
+    assert jobs[0].job_id.startswith("digits__erk__srigl__s0.5__seed0__")
+    dense = expand_grid(dict(workloads=["digits"], updaters=["dense", "set"], seeds=[3],
+                             sparsities=[0.5, 0.9], distributions=["erk", "uniform"]))
+    # One dense job per workload and seed, whatever the other axes.
+    assert sum(j.updater == "dense" for j in dense) == 1
+    assert len(dense) == 1 + 4
+
+
+@pytest.mark.parametrize("spec, match", [
+    (dict(sparsities=[1.0]), "sparsity"),
+    (dict(distributions=["gauss"]), "distribution"),
+    (dict(updaters=["magic"]), "updater"),
+    (dict(workloads=["nope"]), "workload"),
+    (dict(seeds=0), "seeds"),
+])
+def test_grid_bad_input(spec, match):
+    with pytest.raises(ValueError, match=match):
+        expand_grid(spec)
+
+
+def test_grid_files(tmp_path):
+    (tmp_path / "g.yaml").write_text("workloads: [digits]\nsparsities: [0.5]\nseeds: 2\n")
+    (tmp_path / "g.toml").write_text('workloads = ["digits"]\nsparsities = [0.5]\nseeds = 2\n')
+    a = expand_grid(load_grid_file(tmp_path / "g.yaml"))
+    b = expand_grid(load_grid_file(tmp_path / "g.toml"))
+    assert [j.job_id for j in a] == [j.job_id for j in b]
+    (tmp_path / "g.json").write_text("{}")
+    with pytest.raises(ValueError, match="yaml"):
+        load_grid_file(tmp_path / "g.json")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object.__new__(type("X", (), {"__str__": None}))})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_failing_job_is_recorded_and_others_finish(tmp_path):
+    jobs = tiny_grid(sparsities=[0.5]) + expand_grid(
+        dict(workloads=["digits"], sparsities=[0.5], seeds=[0], distributions=["erk"],
+             hidden=-1, epochs=1))
+    records = run_study(jobs, tmp_path, workers=2, show_progress=False)
+    status = {r["job_id"]: r["status"] for r in records}
+    assert status[jobs[-1].job_id] == "failed"
+    assert "hidden" in records[-1]["error"] or "negative" in records[-1]["error"].lower()
+    assert all(status[j.job_id] == "ok" for j in jobs[:-1])
+    ok = records[0]
+    assert ok["versions"]["torch"] and ok["wall_time"] > 0
+    assert 0 <= ok["metrics"]["metric"] <= 1 and ok["masks"]["density"] > 0
+    # A re-run skips the finished jobs and retries only the failed one.
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    run_study(jobs, tmp_path, workers=2, show_progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {f"{jobs[-1].job_id}.json"}
+    summary = summary_text(compare(load_results(tmp_path)),
+                           load_results(tmp_path).query("status != 'ok'"))
+    assert "failed" in summary
+
+
+def _cli(out: Path, workers: int = 2) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "init_study.py"), "--workloads", "digits",
+            "--sparsities", "0.5", "0.9", "--updaters", "srigl", "--seeds", "1",
+            "--set", "epochs=1", "hidden=32", "--workers", str(workers), "--quiet",
+            "--out", str(out)]
+
+
+def test_sigkill_then_rerun_matches_uninterrupted(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(_cli(killed, workers=1), start_new_session=True, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    runs = killed / "runs"
+    while time.time() < deadline:
+        done = list(runs.glob("*.json")) if runs.exists() else []
+        if done:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(list(runs.glob("*.json")))
+    assert 1 <= n_before < 4, "the study must be killed in the middle"
+    subprocess.run(_cli(killed), check=True, env=env, capture_output=True)
+    subprocess.run(_cli(full), check=True, env=env, capture_output=True)
+    a = pd.read_csv(full / "summary_table.csv")
+    b = pd.read_csv(killed / "summary_table.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert (killed / "metric_vs_sparsity.png").exists()
+    assert (killed / "erk_minus_uniform.png").exists()
+    assert not list(runs.glob("*.tmp"))
+
+
+def test_report_aggregates_over_seeds(tmp_path):
+    main(["--workloads", "digits", "--sparsities", "0.5", "--updaters", "set", "--seeds", "2",
+          "--set", "epochs=1", "hidden=16", "--workers", "2", "--quiet", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "summary_table.csv")
+    assert set(table["n"]) == {2}
+    df = load_results(tmp_path)
+    for dist in ("erk", "uniform"):
+        vals = df[df["distribution"] == dist]["metric"]
+        row = table[table["distribution"] == dist].iloc[0]
+        assert row["mean"] == pytest.approx(vals.mean())
+        assert row["std"] == pytest.approx(vals.std(ddof=1))
+    assert len(aggregate(df)) == 2
+    assert "Study summary" in (tmp_path / "summary.md").read_text()
+
+
+def test_ray_backend_matches_process_pool(tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install "
+                                            "'sparse-agents[ray]')")
+    jobs = tiny_grid(sparsities=[0.9], seeds=[0])
+    try:
+        via_ray = run_study(jobs, tmp_path / "ray", workers=2, backend="ray",
+                            show_progress=False)
+    finally:
+        ray.shutdown()
+    via_pool = run_study(jobs, tmp_path / "pool", workers=2, show_progress=False)
+    for a, b in zip(via_ray, via_pool, strict=True):
+        assert a["status"] == b["status"] == "ok"
+        assert a["metrics"]["metric"] == b["metrics"]["metric"]
+        assert a["masks"] == b["masks"]
