@@ -306,7 +306,10 @@ class SparseTopology:
     def _grad_hook(self, layer: MaskedLayer):
         def hook(grad: Tensor) -> Tensor:
             if self.keep_dense_grads or self.schedule.is_update_step(self.step + 1):
-                prev = self._dense_grads.get(layer.name)
+                # .grad is None: the first backward since zero_grad(set_to_none=True), so
+                # an earlier loss's gradient (e.g. SAC's actor loss reaching the critic)
+                # must not leak into this one's dense gradient
+                prev = None if layer.weight.grad is None else self._dense_grads.get(layer.name)
                 self._dense_grads[layer.name] = grad.detach() if prev is None else prev + grad
             return grad * layer.mask_f
 
