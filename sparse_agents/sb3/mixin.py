@@ -1,0 +1,624 @@
+"""``SparsePolicyMixin``: makes an SB3 policy class train sparse with ``SparseTopology``.
+
+The adapter is thin: every algorithm lives in :class:`sparse_agents.SparseTopology`;
+this module only wires it into SB3's life cycle.
+
+* Options come through ``policy_kwargs`` and are checked at construction.
+* ``_build`` runs the base class's ``_build`` (networks and optimizers), then creates
+  one topology per optimizer (``policy.optimizer``; SAC/TD3: ``actor.optimizer`` and
+  ``critic.optimizer``), each masking the layers its optimizer trains. So
+  ``Algo.load`` (which calls ``_setup_model`` then loads state dicts) rebuilds it, and
+  the masks (buffers) and the topology state (``sparse_state._extra_state``) come
+  back with ``policy.load_state_dict``.
+* Gradients are masked during backward (``grad_masking="backward"``), so SB3's
+  ``clip_grad_norm_`` sees the sparse gradient; the dense gradient is kept aside only
+  for update steps (RigL/SRigL growth).
+* Target networks (``<x>_target`` next to ``<x>``: DQN's ``q_net_target``, SAC's
+  ``critic_target``, TD3's ``actor_target`` and ``critic_target``) carry a copy of the
+  online masks. Rule: after every optimizer step that followed a topology update, the
+  target's masks are set to the online masks and its weights multiplied by them.
+  Polyak averaging (any ``tau``) is linear, so target weights outside the mask stay
+  exactly 0 in between: online and target agree on masks and zeros at all times.
+* ``t_end`` (when not given): at the first ``train()`` of every ``learn()`` call (SB3
+  calls ``policy.set_training_mode(True)`` there, and the algorithm is the caller) the
+  policy reads the algorithm's total timesteps and sets
+  ``t_end = t_end_fraction * planned optimizer steps`` (see
+  :mod:`sparse_agents.sb3.schedule`), counted from the start of training, so
+  ``learn(..., reset_num_timesteps=False)`` continues the same schedule.
+* Metrics are recorded under ``sparse/`` in the algorithm's logger whenever the
+  policy switches mode (start of rollouts and of ``train()``) and the topology moved.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import sys
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.schedules import SCHEDULES, UpdateSchedule
+from sparse_agents.topology import MASK_BUFFER, SparseTopology, find_maskable
+from sparse_agents.updaters import UPDATERS
+
+__all__ = ["SPARSE_DEFAULTS", "SparsePolicyMixin", "TopologyState", "make_sparse",
+           "record_metrics", "short_layer_names"]
+
+#: the options a sparse policy takes through ``policy_kwargs``, with their defaults
+SPARSE_DEFAULTS: dict[str, Any] = {
+    "sparsity": 0.9,
+    "updater": "srigl",
+    "distribution": "erk",
+    "delta_t": 100,
+    "t_end": None,  # None: t_end_fraction of the optimizer steps learn() will take
+    "t_end_fraction": 0.75,
+    "drop_fraction": 0.3,
+    "schedule": "cosine",
+    "gamma_sal": 0.3,
+    "dense_layers": (),
+    "output_layers": None,  # None: the policy's heads (action_net, value_net, q-heads...)
+    "seed": 0,
+    "condensed_rollout": False,
+    "log_sparsity": True,
+    "topology_kwargs": None,
+}
+
+#: module names (last component) that are heads when they are a Linear ...
+_HEAD_LINEARS = ("action_net", "value_net", "mu", "log_std")
+#: ... or whose last Linear is the head when they are a Sequential
+_HEAD_SEQUENTIALS = re.compile(r"q_net|qf\d+|mu")
+
+
+def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Validate the sparse options; ``ValueError`` names the parameter and its range."""
+    opts = dict(opts)
+    opts["sparsity"] = check_sparsity(opts["sparsity"])
+    if opts["updater"] not in UPDATERS:
+        raise ValueError(
+            f"updater must be one of {tuple(UPDATERS)}, got {opts['updater']!r} "
+            "(for a dense agent use the plain SB3 policy)"
+        )
+    if opts["distribution"] not in METHODS:
+        raise ValueError(f"distribution must be one of {METHODS}, got {opts['distribution']!r}")
+    if opts["schedule"] not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {opts['schedule']!r}")
+    UpdateSchedule(opts["delta_t"], opts["t_end"], opts["drop_fraction"], opts["schedule"])
+    frac = opts["t_end_fraction"]
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac <= 1.0:
+        raise ValueError(f"t_end_fraction must be a number in (0, 1], got {frac!r}")
+    if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int):
+        raise ValueError(f"seed must be an integer, got {opts['seed']!r}")
+    if opts["condensed_rollout"] not in (True, False):
+        raise ValueError(
+            f"condensed_rollout must be True or False, got {opts['condensed_rollout']!r}")
+    if opts["log_sparsity"] not in (True, False):
+        raise ValueError(f"log_sparsity must be True or False, got {opts['log_sparsity']!r}")
+    kw = opts["topology_kwargs"]
+    if kw is not None and not isinstance(kw, Mapping):
+        raise ValueError(f"topology_kwargs must be a dict or None, got {type(kw).__name__}")
+    clash = set(kw or {}) & (set(SPARSE_DEFAULTS) | {"grad_masking", "model", "optimizer"})
+    if clash:
+        raise ValueError(f"topology_kwargs must not repeat {sorted(clash)}: "
+                         "pass them as policy_kwargs (grad_masking is always 'backward')")
+    for key in ("dense_layers", "output_layers"):
+        value = opts[key]
+        if isinstance(value, (str, int)):
+            opts[key] = (value,)
+        elif value is not None and not isinstance(value, Iterable):
+            raise ValueError(f"{key} must be a list of layer names/regexes, got {value!r}")
+    return opts
+
+
+def _match(pattern: str | int, index: int, name: str) -> bool:
+    """The core's layer-pattern rule: index, exact module/parameter name, or regex."""
+    if isinstance(pattern, int):
+        return pattern == index
+    return pattern in (name, f"{name}.weight") or re.fullmatch(pattern, name) is not None
+
+
+def _split_patterns(patterns, groups: list[list[str]], what: str) -> list[list]:
+    """Give each topology the patterns that match its layers; every pattern must
+    match somewhere (integer patterns index each topology's own layers)."""
+    out: list[list] = [[] for _ in groups]
+    for pattern in patterns:
+        hit = False
+        for g, names in enumerate(groups):
+            if any(_match(pattern, i, n) for i, n in enumerate(names)):
+                out[g].append(pattern)
+                hit = True
+        if not hit:
+            all_names = [n for names in groups for n in names]
+            raise ValueError(f"{what} pattern {pattern!r} matches no maskable layer; "
+                             f"layers are {all_names}")
+    return out
+
+
+def short_layer_names(names: Iterable[str], limit: int = 20) -> dict[str, str]:
+    """Short, unique logger names for module names (SB3's stdout table truncates keys
+    and refuses two keys that truncate alike)."""
+    subs = [("mlp_extractor.policy_net.", "pi."), ("mlp_extractor.value_net.", "vf."),
+            ("mlp_extractor.", ""), ("q_net.q_net.", "q."), ("actor.latent_pi.", "pi."),
+            ("critic.features_extractor.", "qf_fe."), ("features_extractor.", "fe."),
+            ("actor.", ""), ("critic.", ""), ("action_net", "action"),
+            ("value_net", "value")]
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        short = name
+        for old, new in subs:
+            short = short.replace(old, new)
+        short = short[-limit:]
+        base, i = short, 1
+        while short in used:
+            short, i = f"{base[: limit - 3]}~{i}", i + 1
+        used.add(short)
+        out[name] = short
+    return out
+
+
+class TopologyState(nn.Module):
+    """Holds the policy's topologies' state in the policy's ``state_dict`` (as
+    ``sparse_state._extra_state``): step, RNG, update count, ITOP record, ``t_end``."""
+
+    def __init__(self, runtime: SparseRuntime | None, snapshot: dict | None = None) -> None:
+        super().__init__()
+        self._runtime = runtime
+        self._snapshot = snapshot
+
+    def get_extra_state(self) -> dict:
+        if self._runtime is None:
+            return copy.deepcopy(self._snapshot or {})
+        return {"version": 1, "topologies": {
+            key: dict(topo.state_dict(), t_end=topo.schedule.t_end)
+            for key, topo in self._runtime.topologies.items()}}
+
+    def set_extra_state(self, state: Any) -> None:
+        if self._runtime is None:
+            self._snapshot = copy.deepcopy(state)
+            return
+        self._runtime.load_state(state)
+
+    def __deepcopy__(self, memo):
+        # an (inference) copy of the policy carries the state, not the live topologies
+        return TopologyState(None, self.get_extra_state())
+
+    def extra_repr(self) -> str:
+        if self._runtime is None:
+            return "inert copy"
+        return ", ".join(repr(t) for t in self._runtime.topologies.values())
+
+
+class SparseRuntime:
+    """Everything live of a sparse policy: topologies, target pairs, the algorithm it
+    trains under, metric cache, condensed rollout copy. Not copied with the policy."""
+
+    def __init__(self, policy: nn.Module, opts: dict[str, Any]) -> None:
+        self.opts = opts
+        self.policy_ref = weakref.ref(policy)
+        self.topologies: dict[str, SparseTopology] = {}
+        #: (topology key, online module, target module) per masked layer with a target
+        self.targets: dict[str, list[tuple[nn.Module, nn.Module]]] = {}
+        self._synced: dict[str, int] = {}
+        self.algo_ref: weakref.ReferenceType | None = None
+        self._learn_key: tuple | None = None
+        self._logged: tuple | None = None
+        self._metrics_key: tuple | None = None
+        self._metrics: dict[str, float] = {}
+        self._recorded_key: tuple | None = None
+        self._short: dict[str, str] = {}
+        self.rollout = None  # CondensedRollout, set by the policy when enabled
+
+    def __deepcopy__(self, memo):
+        return None
+
+    # ------------------------------------------------------------------ build
+    def build(self, policy: nn.Module) -> None:
+        opts = self.opts
+        groups = _optimizers(policy)
+        if not groups:
+            raise ValueError(f"{type(policy).__name__} has no optimizer after _build: "
+                             "a sparse policy needs one (policy.optimizer or "
+                             "<module>.optimizer)")
+        names = []
+        for _, opt in groups:
+            trained = {id(p) for g in opt.param_groups for p in g["params"]}
+            names.append([n for n, m in find_maskable(policy) if id(m.weight) in trained])
+        if not any(names):
+            raise ValueError(
+                f"{type(policy).__name__} has no maskable layer (nn.Linear or "
+                "nn.Conv1d/2d/3d trained by its optimizer): nothing to sparsify")
+        dense = _split_patterns(opts["dense_layers"], names, "dense_layers")
+        if opts["output_layers"] is None:
+            # the heads, or (none found) the topology's default: its last masked layer
+            outputs = [_default_heads(policy, n) or None for n in names]
+        else:
+            outputs = _split_patterns(opts["output_layers"], names, "output_layers")
+        gamma = opts["gamma_sal"]
+        if isinstance(gamma, Mapping):
+            split = _split_patterns(list(gamma), names, "gamma_sal")
+            gammas = [{p: gamma[p] for p in pats} for pats in split]
+        else:
+            gammas = [gamma] * len(groups)
+        extra = dict(opts["topology_kwargs"] or {})
+        for i, (key, opt) in enumerate(groups):
+            if not names[i]:
+                continue
+            self.topologies[key] = SparseTopology(
+                policy, opt, sparsity=opts["sparsity"], updater=opts["updater"],
+                distribution=opts["distribution"], delta_t=opts["delta_t"],
+                t_end=opts["t_end"], drop_fraction=opts["drop_fraction"],
+                schedule=opts["schedule"], gamma_sal=gammas[i], dense_layers=dense[i],
+                seed=opts["seed"] + i, output_layers=outputs[i],
+                grad_masking="backward", **extra)
+        self._build_targets(policy)
+        self._short = short_layer_names(
+            layer.module_name for topo in self.topologies.values() for layer in topo.layers)
+
+    def _build_targets(self, policy: nn.Module) -> None:
+        """Pair every masked module reachable from ``<x>`` with the module at the same
+        path in ``<x>_target`` (so a features extractor that SAC's critic shares with
+        the actor follows the actor's masks in ``critic_target``)."""
+        children = dict(policy.named_children())
+        owner = {id(layer.module): (key, layer) for key, topo in self.topologies.items()
+                 for layer in topo.layers}
+        for name, target in children.items():
+            online = children.get(name[: -len("_target")]) if name.endswith("_target") \
+                else None
+            if online is None:
+                continue
+            for rel, module in online.named_modules():
+                hit = owner.get(id(module))
+                if hit is None:
+                    continue
+                key, layer = hit
+                t_mod = target.get_submodule(rel)
+                if t_mod is module:
+                    continue
+                if tuple(t_mod.weight.shape) != tuple(layer.weight.shape):
+                    raise ValueError(f"target layer {name}.{rel} does not match "
+                                     f"{layer.module_name!r}")
+                if not hasattr(t_mod, MASK_BUFFER):
+                    t_mod.register_buffer(MASK_BUFFER, layer.mask.clone())
+                self.targets.setdefault(key, []).append((module, t_mod))
+        for key in self.targets:
+            self.topologies[key].optimizer.register_step_post_hook(self._post_step_hook(key))
+            self.sync_targets(key, force=True)
+
+    def _post_step_hook(self, key: str):
+        def hook(optimizer, args, kwargs) -> None:
+            self.sync_targets(key)
+        return hook
+
+    @torch.no_grad()
+    def sync_targets(self, key: str | None = None, force: bool = False) -> None:
+        """Give target networks the online masks and zero their weights outside them
+        (after a topology update; ``force``: now)."""
+        for k in (self.targets if key is None else [key]):
+            topo = self.topologies[k]
+            if not force and self._synced.get(k) == topo.n_updates:
+                continue
+            for online, target in self.targets.get(k, []):
+                mask = getattr(online, MASK_BUFFER)
+                getattr(target, MASK_BUFFER).copy_(mask)
+                target.weight.mul_(mask)
+            self._synced[k] = topo.n_updates
+
+    # ------------------------------------------------------------------ state
+    def load_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping) or "topologies" not in state:
+            raise ValueError("sparse_state holds no topology state: the checkpoint was not "
+                             "saved from a sparse policy")
+        saved = state["topologies"]
+        if set(saved) != set(self.topologies):
+            raise ValueError(f"checkpoint has topologies {sorted(saved)}, the policy has "
+                             f"{sorted(self.topologies)}")
+        for key, topo in self.topologies.items():
+            sd = dict(saved[key])
+            t_end = sd.pop("t_end", topo.schedule.t_end)
+            topo.load_state_dict(sd)
+            topo.schedule = dataclasses.replace(topo.schedule, t_end=t_end)
+        self.sync_targets(force=True)
+        self._learn_key = None
+        self._metrics_key = None
+        self._recorded_key = None
+
+    # ------------------------------------------------------------------ algorithm
+    def on_mode(self, policy: nn.Module, mode: bool, frame) -> None:
+        """Called from ``set_training_mode``: find the algorithm, place ``t_end`` at
+        the start of ``train()``, record metrics."""
+        algo = self.algo_ref() if self.algo_ref is not None else None
+        if algo is None:
+            algo = _find_algorithm(policy, frame)
+            if algo is None:
+                return
+            self.algo_ref = weakref.ref(algo)
+        if mode:
+            self._place_t_end(algo)
+        # record from the algorithm's own calls (train, collect_rollouts), not predict()
+        if self.opts["log_sparsity"] and frame is not None and \
+                frame.f_code.co_name != "predict":
+            self.record(algo)
+
+    def _place_t_end(self, algo) -> None:
+        if self.opts["t_end"] is not None:
+            return
+        learn_key = (getattr(algo, "start_time", None), getattr(algo, "_total_timesteps", None))
+        if learn_key == self._learn_key:
+            return
+        self._learn_key = learn_key
+        from sparse_agents.sb3.schedule import planned_optimizer_steps
+
+        total = int(algo._total_timesteps)
+        resumed = int(getattr(algo, "_num_timesteps_at_start", 0)) > 0
+        frac = float(self.opts["t_end_fraction"])
+        for key, topo in self.topologies.items():
+            planned = planned_optimizer_steps(algo, total, key)
+            # a fresh count (reset_num_timesteps=True) on a trained topology starts now
+            start = 0 if resumed else topo.step
+            t_end = max(1, start + int(math.floor(frac * planned)))
+            topo.schedule = dataclasses.replace(topo.schedule, t_end=t_end)
+
+    # ------------------------------------------------------------------ metrics
+    def _mask_key(self) -> tuple:
+        """Changes whenever a mask may have changed (update, load, manual edit)."""
+        return tuple((t.n_updates, tuple(x.mask._version for x in t.layers))
+                     for t in self.topologies.values())
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics (keys without the ``sparse/`` prefix). The mask-derived values
+        are recomputed only when a mask changed; counters are read live."""
+        key = self._mask_key()
+        multi = len(self.topologies) > 1
+        if key != self._metrics_key:
+            out: dict[str, float] = {}
+            totals = []
+            policy = self.policy_ref()
+            for tkey, topo in self.topologies.items():
+                m = topo.metrics()
+                numel = sum(layer.weight.numel() for layer in topo.layers)
+                if policy is not None:
+                    numel += sum(policy.get_parameter(n).numel() for n in topo.dense_names)
+                totals.append((m["density"], numel))
+                prefix = f"{tkey}/" if multi else ""
+                out[prefix + "density"] = m["density"]
+                out[prefix + "itop"] = m["itop"]
+                for layer in topo.layers:
+                    short = self._short.get(layer.module_name, layer.module_name)
+                    mod = layer.module_name
+                    out[f"density/{short}"] = m[f"density/{mod}"]
+                    out[f"alive/{short}"] = m[f"alive/{mod}"]
+                    out[f"alive_frac/{short}"] = m[f"alive_frac/{mod}"]
+                    out[f"fan_in/{short}"] = m[f"fan_in_mean/{mod}"]
+                    out[f"fan_in_min/{short}"] = m[f"fan_in_min/{mod}"]
+                    out[f"fan_in_max/{short}"] = m[f"fan_in_max/{mod}"]
+            if multi:
+                out["density"] = sum(d * n for d, n in totals) / sum(n for _, n in totals)
+            self._metrics_key, self._metrics = key, out
+        out = dict(self._metrics)
+        out.update(self._counters())
+        return out
+
+    def _counters(self) -> dict[str, float]:
+        """The values that change at every optimizer step or learn() call."""
+        out: dict[str, float] = {}
+        multi = len(self.topologies) > 1
+        for tkey, topo in self.topologies.items():
+            prefix = f"{tkey}/" if multi else ""
+            out[prefix + "updates"] = topo.n_updates
+            out[prefix + "step"] = topo.step
+            out[prefix + "t_end"] = topo.schedule.t_end or 0
+        if multi:
+            out["updates"] = sum(t.n_updates for t in self.topologies.values())
+        return out
+
+    def record(self, algo) -> None:
+        """Record the metrics into ``algo``'s logger (stdout shows the global ones and
+        per-layer density, alive neurons and mean fan-in). Between two dumps of the
+        logger, only the counters are re-recorded unless a mask changed."""
+        logger = getattr(algo, "_logger", None)
+        if logger is None:
+            return
+        stamp = (id(logger), tuple(t.step for t in self.topologies.values()))
+        if stamp == self._logged:
+            return
+        self._logged = stamp
+        key = self._mask_key()
+        pending = getattr(logger, "name_to_value", {})
+        if key == self._recorded_key and "sparse/density" in pending:
+            record_metrics(logger, self._counters())
+        else:
+            record_metrics(logger, self.metrics())
+            self._recorded_key = key
+
+
+def record_metrics(logger, metrics: Mapping[str, float]) -> None:
+    """Record ``metrics`` under ``sparse/``: stdout gets the global values and per-layer
+    density, alive neurons and mean fan-in; csv/tensorboard/json get everything."""
+    for key, value in metrics.items():
+        quiet = key.startswith(("alive_frac/", "fan_in_min/", "fan_in_max/")) or \
+            key.endswith("t_end")
+        logger.record(f"sparse/{key}", value, exclude=("stdout", "log") if quiet else None)
+
+
+def _optimizers(policy: nn.Module) -> list[tuple[str, torch.optim.Optimizer]]:
+    """``(key, optimizer)``: ``policy.optimizer`` as ``"policy"``, then every direct
+    child's ``optimizer`` under the child's name (SAC/TD3: actor, critic)."""
+    out: list[tuple[str, torch.optim.Optimizer]] = []
+    seen: set[int] = set()
+    opt = policy.__dict__.get("optimizer")
+    if isinstance(opt, torch.optim.Optimizer):
+        out.append(("policy", opt))
+        seen.add(id(opt))
+    for name, child in policy.named_children():
+        opt = child.__dict__.get("optimizer")
+        if isinstance(opt, torch.optim.Optimizer) and id(opt) not in seen:
+            out.append((name, opt))
+            seen.add(id(opt))
+    return out
+
+
+def _default_heads(policy: nn.Module, names: list[str]) -> list[str]:
+    """The policy's output layers among ``names``: Linears called action_net,
+    value_net, mu, log_std, and the last Linear of Sequentials called q_net, qf<i>, mu."""
+    heads = [n for n in names if n.rpartition(".")[2] in _HEAD_LINEARS]
+    by_parent: dict[str, str] = {}
+    for n in names:
+        parent, _, _ = n.rpartition(".")
+        if parent and _HEAD_SEQUENTIALS.fullmatch(parent.rpartition(".")[2]) and \
+                isinstance(policy.get_submodule(parent), nn.Sequential):
+            by_parent[parent] = n  # model order: the last one wins
+    return [re.escape(n) for n in heads + list(by_parent.values())]
+
+
+def _find_algorithm(policy: nn.Module, frame, depth: int = 4):
+    """The SB3 algorithm up the call stack (a method of it called us) whose policy is
+    ``policy``, or ``None``."""
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    while frame is not None and depth > 0:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, BaseAlgorithm) and owner.__dict__.get("policy") is policy:
+            return owner
+        frame = frame.f_back
+        depth -= 1
+    return None
+
+
+class SparsePolicyMixin:
+    """Mix into an SB3 policy class (first base) to train it sparse. See the module
+    docstring; options (``policy_kwargs``) and defaults are ``SPARSE_DEFAULTS``:
+
+    Args:
+        sparsity: global sparsity of the masked layers, in [0, 1).
+        updater: ``"static"``, ``"set"``, ``"rigl"`` or ``"srigl"``.
+        distribution: ``"erk"``, ``"er"`` or ``"uniform"`` layer-wise densities.
+        delta_t: optimizer steps between topology updates.
+        t_end: last optimizer step (exclusive) with updates; ``None``: derived from
+            ``learn()``'s total timesteps as ``t_end_fraction`` of its optimizer steps.
+        t_end_fraction: see ``t_end`` (default 0.75).
+        drop_fraction, schedule, gamma_sal: as in ``SparseTopology``.
+        dense_layers: module names/regexes (or indices) of layers kept dense.
+        output_layers: layers SRigL never ablates (default: the heads: action_net,
+            value_net, the last Linear of q_net / qf<i>, actor mu and log_std).
+        seed: seed of the topology RNG (the i-th optimizer's topology gets seed + i).
+        condensed_rollout: roll out and predict with a condensed copy of the policy
+            (refreshed whenever the weights changed). Off by default: see docs/rl.md.
+        log_sparsity: record metrics under ``sparse/`` in the algorithm's logger.
+        topology_kwargs: more ``SparseTopology`` keyword arguments (``power``,
+            ``renormalise``, ``ablate_output``).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        opts = {k: kwargs.pop(k, v) for k, v in SPARSE_DEFAULTS.items()}
+        self._sparse_options = _check_options(opts)
+        self._sparse: SparseRuntime | None = None
+        super().__init__(*args, **kwargs)
+
+    def _build(self, *args, **kwargs) -> None:
+        super()._build(*args, **kwargs)
+        runtime = SparseRuntime(self, self._sparse_options)
+        runtime.build(self)
+        self._sparse = runtime
+        self.sparse_state = TopologyState(runtime)
+        if self._sparse_options["condensed_rollout"]:
+            from sparse_agents.sb3.rollout import CondensedRollout
+
+            runtime.rollout = CondensedRollout(self)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def topologies(self) -> dict[str, SparseTopology]:
+        """Optimizer key (``"policy"``; SAC/TD3: ``"actor"``, ``"critic"``) ->
+        topology."""
+        return {} if self._sparse is None else dict(self._sparse.topologies)
+
+    @property
+    def topology(self) -> SparseTopology:
+        """The policy's only topology (SAC/TD3 have two: use ``topologies``)."""
+        topos = self.topologies
+        if len(topos) != 1:
+            raise AttributeError(
+                f"{type(self).__name__} has {len(topos)} topologies {sorted(topos)}: "
+                "use policy.topologies[key]")
+        return next(iter(topos.values()))
+
+    def sparse_metrics(self) -> dict[str, float]:
+        """The metrics recorded under ``sparse/`` (keys without the prefix)."""
+        return {} if self._sparse is None else dict(self._sparse.metrics())
+
+    def sync_target_masks(self) -> None:
+        """Copy online masks to the target networks and zero the targets outside them
+        (done automatically after every topology update and on load)."""
+        if self._sparse is not None:
+            self._sparse.sync_targets(force=True)
+
+    # ------------------------------------------------------------------ SB3 hooks
+    def set_training_mode(self, mode: bool) -> None:
+        super().set_training_mode(mode)
+        runtime = self.__dict__.get("_sparse")
+        if runtime is not None:
+            runtime.on_mode(self, mode, sys._getframe(1))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(copy.deepcopy(self._sparse_options))
+        return data
+
+    def _fast(self):
+        runtime = self.__dict__.get("_sparse")
+        if runtime is None or runtime.rollout is None or self.training \
+                or torch.is_grad_enabled():
+            return None
+        return runtime.rollout.get()
+
+    def forward(self, *args, **kwargs):
+        fast = self._fast()
+        if fast is not None:
+            return fast.forward(*args, **kwargs)
+        return super().forward(*args, **kwargs)
+
+    def _predict(self, *args, **kwargs):
+        fast = self._fast()
+        if fast is not None:
+            return fast._predict(*args, **kwargs)
+        return super()._predict(*args, **kwargs)
+
+
+_CACHE: dict[type, type] = {}
+
+
+def make_sparse(policy_class: type, name: str | None = None) -> type:
+    """A sparse version of an SB3 policy class (a subclass with
+    :class:`SparsePolicyMixin` first). Cached: the same class comes back for the
+    same input. For ``model.save``/``Algo.load`` by reference, assign the result to
+    a module-level name equal to its ``__name__`` (``Sparse<Name>``); otherwise SB3's
+    cloudpickle stores the class by value, which also loads."""
+    from stable_baselines3.common.policies import BasePolicy
+
+    if not isinstance(policy_class, type) or not issubclass(policy_class, BasePolicy):
+        raise ValueError(f"policy_class must be an SB3 policy class (a BasePolicy subclass), "
+                         f"got {policy_class!r}")
+    if issubclass(policy_class, SparsePolicyMixin):
+        return policy_class
+    if policy_class in _CACHE:
+        return _CACHE[policy_class]
+    name = name or f"Sparse{policy_class.__name__}"
+    caller = sys._getframe(1).f_globals.get("__name__", policy_class.__module__)
+    cls = type(name, (SparsePolicyMixin, policy_class), {
+        "__module__": caller, "__qualname__": name,
+        "__doc__": f"Sparse {policy_class.__name__} (see SparsePolicyMixin for options).",
+    })
+    _CACHE[policy_class] = cls
+    return cls
+
+
+def _register(policy_class: type, sparse_class: type) -> None:
+    _CACHE[policy_class] = sparse_class
+

@@ -1,0 +1,63 @@
+"""Condensed rollout: ``predict`` and rollout collection through a condensed copy.
+
+With ``policy_kwargs=dict(condensed_rollout=True)`` a sparse policy, when it is in
+eval mode with gradients off (SB3's ``predict`` and ``collect_rollouts``), runs its
+``forward``/``_predict`` on ``sparse_agents.condensed.condense(policy)``. The copy is
+refreshed lazily: before use, if any parameter or buffer of the policy changed since
+the last refresh (PyTorch version counters: optimizer steps, topology updates, polyak
+updates, ``load_state_dict`` all bump them). gSDE policies are never redirected (the
+copy would not see ``reset_noise``).
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+from torch import nn
+
+__all__ = ["CondensedRollout"]
+
+
+class CondensedRollout:
+    """The condensed copy of a policy, refreshed whenever the policy changed."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        self._policy = weakref.ref(policy)
+        self.copy: nn.Module | None = None
+        self._stamp: tuple | None = None
+        self.refreshes = 0
+        self.available = not _uses_sde(policy)
+
+    def _version(self, policy: nn.Module) -> tuple:
+        return tuple(t._version for t in policy.parameters()) + \
+            tuple(t._version for t in policy.buffers())
+
+    def get(self) -> nn.Module | None:
+        """The up-to-date condensed copy, or ``None`` (use the policy itself)."""
+        policy = self._policy()
+        if policy is None or not self.available:
+            return None
+        if self.copy is None:
+            try:
+                from sparse_agents.condensed import condense
+            except ImportError as err:  # pragma: no cover - depends on the install
+                warnings.warn(f"condensed_rollout: sparse_agents.condensed is unavailable "
+                              f"({err}); rolling out with the masked dense policy",
+                              stacklevel=4)
+                self.available = False
+                return None
+            self.copy = condense(policy, warn=False)
+            self._stamp = self._version(policy)
+            return self.copy
+        stamp = self._version(policy)
+        if stamp != self._stamp:
+            self.copy.refresh()
+            self.refreshes += 1
+            self._stamp = stamp
+        return self.copy
+
+
+def _uses_sde(policy: nn.Module) -> bool:
+    actor = getattr(policy, "actor", None)
+    return bool(getattr(policy, "use_sde", False) or getattr(actor, "use_sde", False))
