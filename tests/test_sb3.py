@@ -431,3 +431,21 @@ def test_train_agent_cli_writes_model_csv_and_plot(tmp_path):
     assert type(PPO.load(tmp_path / "dense" / "model.zip").policy) is ActorCriticPolicy
     with pytest.raises(SystemExit):
         main(["--sparsity", "1.5", "--out", str(tmp_path / "bad")])
+
+
+def test_train_and_evaluate_one_call_experiment():
+    from sparse_agents.sb3.experiment import train_and_evaluate
+
+    out = train_and_evaluate("ppo", "CartPole-v1", "srigl", 0.8, "uniform", timesteps=512,
+                             seed=3, eval_episodes=2, n_evals=2,
+                             overrides=dict(n_envs=2, n_steps=64, batch_size=64, n_epochs=2))
+    assert out["timesteps"] >= 512 and len(out["curve"]) >= 3
+    assert out["mean_return"] == out["curve"][-1][1] and out["mean_return"] > 0
+    # SRigL: k = budget // n_alive per row, so a layer may keep up to n_alive - 1 fewer
+    assert 0.17 < out["masks"]["density"] <= 0.2 and out["masks"]["updates"] >= 0
+    dense = train_and_evaluate("ppo", "CartPole-v1", "dense", 0.0, timesteps=256, seed=3,
+                               eval_episodes=1, n_evals=1,
+                               overrides=dict(n_envs=2, n_steps=64, batch_size=64))
+    assert dense["masks"] == {}
+    with pytest.raises(ValueError, match="sparsity"):
+        train_and_evaluate(sparsity=1.0, timesteps=10)
