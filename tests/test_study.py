@@ -160,3 +160,19 @@ def test_ray_backend_matches_process_pool(tmp_path):
         assert a["status"] == b["status"] == "ok"
         assert a["metrics"]["metric"] == b["metrics"]["metric"]
         assert a["masks"] == b["masks"]
+
+
+@pytest.mark.parametrize("diffs,sig,expected", [
+    ((+1, +1, -1), (True, True, True), "reproduced"),
+    ((+1, +1, -1), (True, False, False), "same direction everywhere, outside the CI only at 0.5"),
+    ((+1, +1, -1), (False, False, False), "not established"),
+    ((+1, -1, -1), (False, False, False), "partly: only the high-sparsity side"),
+    ((+1, +1, +1), (False, False, False), "partly: only the low-sparsity side"),
+    ((-1, +1, +1), (False, False, False), "not reproduced"),
+    ((-1, +1, -1), (True, False, False), "contradicted"),
+])
+def test_seed_verdict_names_direction_and_significance(diffs, sig, expected):
+    from sparse_agents.study.report import seed_verdict
+
+    rows = pd.DataFrame({"sparsity": [0.5, 0.8, 0.95], "diff": diffs, "significant": sig})
+    assert expected in seed_verdict(rows.iloc[:2], rows.iloc[2:])

@@ -84,6 +84,32 @@ def compare(df: pd.DataFrame, a: str = "erk", b: str = "uniform",
     return pd.DataFrame(rows)
 
 
+def seed_verdict(low: pd.DataFrame, high: pd.DataFrame) -> str:
+    """Whether the low-sparsity rows favour the first distribution (diff > 0) and the
+    high-sparsity rows the second (diff < 0), and which of those differences lie
+    outside the 95% CI. A point whose significant difference goes the other way
+    contradicts the finding."""
+    expect = pd.concat([low.assign(want=1.0), high.assign(want=-1.0)])
+    agree = np.sign(expect["diff"]) == expect["want"]
+    sig = expect["significant"].astype(bool)
+    fmt = lambda rows: ", ".join(f"{x:g}" for x in rows["sparsity"])  # noqa: E731
+    if (sig & ~agree).any():
+        return f"contradicted (significant the other way at {fmt(expect[sig & ~agree])})"
+    if agree.all() and sig.all():
+        return "reproduced (every difference outside the CI)"
+    if agree.all():
+        return (f"same direction everywhere, outside the CI only at {fmt(expect[sig])}"
+                if sig.any() else "same direction everywhere, but no difference outside "
+                "the CI: not established")
+    side = ("low" if agree.iloc[: len(low)].all() else
+            "high" if agree.iloc[len(low):].all() else None)
+    if side is None:
+        return "not reproduced"
+    return (f"partly: only the {side}-sparsity side agrees"
+            + (f", outside the CI at {fmt(expect[sig])}" if sig.any() else
+               ", no difference outside the CI"))
+
+
 def summary_text(cmp: pd.DataFrame, failed: pd.DataFrame, a: str = "erk",
                  b: str = "uniform") -> str:
     """Plain-language summary: where each distribution wins, and whether the seed's
@@ -102,14 +128,9 @@ def summary_text(cmp: pd.DataFrame, failed: pd.DataFrame, a: str = "erk",
         low = g[g["sparsity"] <= LOW_SPARSITY]
         high = g[g["sparsity"] >= HIGH_SPARSITY]
         if len(low) and len(high):
-            low_ok = bool((low["diff"] > 0).all())
-            high_ok = bool((high["diff"] < 0).all())
-            sig = bool(low["significant"].any() or high["significant"].any())
-            verdict = "reproduced" if low_ok and high_ok else (
-                "partly reproduced" if low_ok or high_ok else "not reproduced")
+            verdict = seed_verdict(low, high)
             lines.append(f"  - seed finding ({a} better at sparsity <= {LOW_SPARSITY}, {b} "
-                         f"better at >= {HIGH_SPARSITY}): **{verdict}**"
-                         f"{'' if sig else ' (no difference outside the CI)'}; mean diffs "
+                         f"better at >= {HIGH_SPARSITY}): **{verdict}**; mean diffs "
                          + ", ".join(f"{s:g}: {d:+.4f}±{h:.4f}" for s, d, h in
                                      zip(g["sparsity"], g["diff"], g["ci95"], strict=True)))
     if len(failed):

@@ -78,22 +78,27 @@ def run_digits(job: Job) -> dict:
             "masks": mask_summary(topo)}
 
 
+#: settings only RL workloads read (a study mixing CL and RL workloads shares settings)
+RL_SETTINGS = ("algo", "timesteps", "eval_episodes", "n_evals")
+
+
 def run_cl(job: Job) -> dict:
     """A continual-learning stream; metric: average accuracy after the last task."""
     from continual.experiment import run_experiment
 
-    s = dict(job.settings)
+    s = {k: v for k, v in job.settings.items() if k not in RL_SETTINGS}
     stream = job.workload.split(":", 1)[1]
     result = run_experiment(
         stream=stream,
-        strategy=s.get("strategy", "naive"),
+        strategy=s.pop("strategy", "naive"),
         updater=job.updater,
         sparsity=job.sparsity,
         distribution=job.distribution if job.updater != "dense" else "erk",
-        task_masks=bool(s.get("task_masks", True)) and job.updater != "dense",
-        epochs=int(s.get("epochs", 2)),
+        task_masks=bool(s.pop("task_masks", True)) and job.updater != "dense",
+        epochs=int(s.pop("epochs", 2)),
         seed=job.seed,
-        n_tasks=s.get("n_tasks"),
+        n_tasks=s.pop("n_tasks", None),
+        **s,  # any other setting (lr, hidden, overflow, ...) goes to the experiment
     )
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     metrics.update({"metric": float(result["avg_accuracy"]), "metric_name": "avg_accuracy",
@@ -103,15 +108,18 @@ def run_cl(job: Job) -> dict:
 
 def run_rl(job: Job) -> dict:
     """An SB3 agent with a sparse policy; metric: mean evaluation return at the end."""
+    from sparse_agents.sb3 import SPARSE_DEFAULTS
     from sparse_agents.sb3.experiment import train_and_evaluate
 
     s = dict(job.settings)
     env_id = job.workload.split(":", 1)[1]
     result = train_and_evaluate(
-        algo=s.get("algo", "ppo"), env_id=env_id, updater=job.updater,
+        algo=s.pop("algo", "ppo"), env_id=env_id, updater=job.updater,
         sparsity=job.sparsity, distribution=job.distribution if job.updater != "dense"
-        else "erk", timesteps=int(s.get("timesteps", 50_000)), seed=job.seed,
-        eval_episodes=int(s.get("eval_episodes", 10)),
+        else "erk", timesteps=int(s.pop("timesteps", 50_000)), seed=job.seed,
+        eval_episodes=int(s.pop("eval_episodes", 10)), n_evals=int(s.pop("n_evals", 5)),
+        # sparse options among the settings (delta_t, drop_fraction, gamma_sal, ...)
+        sparse_options={k: v for k, v in s.items() if k in SPARSE_DEFAULTS} or None,
     )
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     metrics.update({"metric": float(result["mean_return"]), "metric_name": "mean_return",
