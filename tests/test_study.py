@@ -144,6 +144,12 @@ def test_report_aggregates_over_seeds(tmp_path):
         assert row["std"] == pytest.approx(vals.std(ddof=1))
     assert len(aggregate(df)) == 2
     assert "Study summary" in (tmp_path / "summary.md").read_text()
+    # another metric of the same runs, reported into its own folder
+    main(["--out", str(tmp_path), "--report-only", "--metric", "test_accuracy", "--quiet"])
+    other = pd.read_csv(tmp_path / "report-test_accuracy" / "summary_table.csv")
+    assert other["mean"].tolist() == pytest.approx(table["mean"].tolist())
+    with pytest.raises(ValueError, match="metric must be"):
+        main(["--out", str(tmp_path), "--report-only", "--metric", "bogus", "--quiet"])
 
 
 def test_ray_backend_matches_process_pool(tmp_path):

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-retry-failed", action="store_true",
                    help="a re-run skips failed jobs too")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and plots")
+    p.add_argument("--metric", default="metric",
+                   help="result to report (default: each workload's primary metric; e.g. "
+                        "auc_return, forgetting); another metric goes to OUT/report-METRIC")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         n_failed = sum(r is None or r["status"] != "ok" for r in records)
         if n_failed:
             console.print(f"[yellow]{n_failed} job(s) failed; see {args.out}/summary.md")
-    written = write_report(args.out)
-    console.print((args.out / "summary.md").read_text())
+    written = write_report(args.out, args.metric)
+    console.print(written["summary"].read_text())
     console.print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0

@@ -194,16 +194,29 @@ def plot(table: pd.DataFrame, cmp: pd.DataFrame, out: Path, metric_label: str) -
     return paths
 
 
-def write_report(out: str | Path) -> dict:
-    """Write ``summary_table.{csv,md}``, ``erk_vs_uniform.{csv,md}``, plots and
-    ``summary.md`` under ``out``; return their paths."""
+def write_report(out: str | Path, metric: str = "metric") -> dict:
+    """Write ``summary_table.{csv,md}``, ``erk_vs_uniform.{csv,md}``, ``runs.{csv,md}``,
+    plots and ``summary.md`` for ``metric`` (default: each workload's primary metric)
+    under ``out``, or under ``out/report-<metric>`` for another metric; return their
+    paths."""
     out = Path(out)
     df = load_results(out)
-    table = aggregate(df)
-    cmp = compare(df)
+    if metric != "metric":
+        ok = df[df["status"] == "ok"] if len(df) else df
+        if metric not in df or ok[metric].isna().all():
+            known = sorted(c for c in df.columns if c not in GROUP and
+                           pd.api.types.is_numeric_dtype(df[c]))
+            raise ValueError(f"metric must be a numeric result of these runs, one of "
+                             f"{known}; got {metric!r}")
+        out = out / f"report-{metric}"
+        out.mkdir(exist_ok=True)
+        label = metric
+    else:
+        names = df["metric_name"].dropna().unique() if "metric_name" in df else []
+        label = " / ".join(names) or "metric"
+    table = aggregate(df, metric)
+    cmp = compare(df, metric=metric)
     failed = df[df["status"] != "ok"] if len(df) else df
-    names = df["metric_name"].dropna().unique() if "metric_name" in df else []
-    label = " / ".join(names) or "metric"
     written = {}
     for name, frame in (("summary_table", table), ("erk_vs_uniform", cmp), ("runs", df)):
         frame.to_csv(out / f"{name}.csv", index=False)

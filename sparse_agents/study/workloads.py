@@ -4,7 +4,8 @@
   task; fast, offline).
 - ``cl:<stream>``: a continual-learning stream from :mod:`continual` (e.g.
   ``cl:split-digits``, ``cl:permuted-digits``); setting ``task_masks`` (default true)
-  uses per-task masks, otherwise DST on a naive strategy.
+  uses per-task masks, otherwise DST on a naive strategy; ``sparsity_scope`` ("task" or
+  "network") says whether sparsity is per task or of the whole network at the end.
 - ``rl:<env id>``: PPO (setting ``algo``) with a sparse policy on a gymnasium env.
 
 Every workload returns ``{"metric": primary value, "metric_name": ..., ...}`` plus a
@@ -78,6 +79,10 @@ def run_digits(job: Job) -> dict:
             "masks": mask_summary(topo)}
 
 
+#: with task masks, what a job's sparsity means: "task" (DESIGN 6b: each task owns
+#: ``1 - sparsity``) or "network" (the whole network after the last task: each of the
+#: ``n`` tasks owns ``(1 - sparsity) / n``, so 0.5 is feasible for 5 tasks)
+SPARSITY_SCOPES = ("task", "network")
 #: settings only RL workloads read (a study mixing CL and RL workloads shares settings)
 RL_SETTINGS = ("algo", "timesteps", "eval_episodes", "n_evals")
 
@@ -85,19 +90,29 @@ RL_SETTINGS = ("algo", "timesteps", "eval_episodes", "n_evals")
 def run_cl(job: Job) -> dict:
     """A continual-learning stream; metric: average accuracy after the last task."""
     from continual.experiment import run_experiment
+    from continual.streams import DEFAULT_TASKS, canonical_stream
 
     s = {k: v for k, v in job.settings.items() if k not in RL_SETTINGS}
     stream = job.workload.split(":", 1)[1]
+    task_masks = bool(s.pop("task_masks", True)) and job.updater != "dense"
+    n_tasks = s.pop("n_tasks", None)
+    scope = s.pop("sparsity_scope", "task")
+    if scope not in SPARSITY_SCOPES:
+        raise ValueError(f"sparsity_scope must be one of {SPARSITY_SCOPES}, got {scope!r}")
+    sparsity = job.sparsity
+    if task_masks and scope == "network":
+        n = int(n_tasks) if n_tasks is not None else DEFAULT_TASKS[canonical_stream(stream)[1]]
+        sparsity = 1.0 - (1.0 - job.sparsity) / n
     result = run_experiment(
         stream=stream,
         strategy=s.pop("strategy", "naive"),
         updater=job.updater,
-        sparsity=job.sparsity,
+        sparsity=sparsity,
         distribution=job.distribution if job.updater != "dense" else "erk",
-        task_masks=bool(s.pop("task_masks", True)) and job.updater != "dense",
+        task_masks=task_masks,
         epochs=int(s.pop("epochs", 2)),
         seed=job.seed,
-        n_tasks=s.pop("n_tasks", None),
+        n_tasks=n_tasks,
         **s,  # any other setting (lr, hidden, overflow, ...) goes to the experiment
     )
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
