@@ -1,1 +1,46 @@
-"""Continual learning with DST: Avalanche plugins, per-task masks, offline streams."""
+"""Continual learning with DST: Avalanche plugins, per-task masks, offline streams.
+
+``from continual import DSTPlugin, TaskMaskPlugin`` imports Avalanche (4-5 s) on first
+use only; :class:`TaskMasks`, the tensor streams and :func:`run_experiment` need only
+torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+__all__ = [
+    "DSTPlugin",
+    "TaskMaskPlugin",
+    "TaskMasks",
+    "load_stream",
+    "make_benchmark",
+    "permuted_digits",
+    "rotated_digits",
+    "run_experiment",
+    "split_digits",
+]
+
+_LAZY = {
+    "DSTPlugin": "continual.plugins",
+    "TaskMaskPlugin": "continual.plugins",
+    "TaskMasks": "continual.task_masks",
+    "load_stream": "continual.streams",
+    "make_benchmark": "continual.streams",
+    "permuted_digits": "continual.streams",
+    "rotated_digits": "continual.streams",
+    "split_digits": "continual.streams",
+    "run_experiment": "continual.experiment",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'continual' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -85,7 +85,7 @@ def _matches(pattern: str | int, index: int, name: str) -> bool:
     return pattern in (name, f"{name}.weight") or re.fullmatch(pattern, name) is not None
 
 
-def _select(patterns: Iterable[str | int], names: Sequence[str], what: str) -> set[int]:
+def select_layers(patterns: Iterable[str | int], names: Sequence[str], what: str) -> set[int]:
     chosen: set[int] = set()
     for pattern in patterns:
         hits = {i for i, n in enumerate(names) if _matches(pattern, i, n)}
@@ -189,7 +189,7 @@ class SparseTopology:
                 "the optimizer trains)"
             )
         names = [n for n, _ in candidates]
-        dense_idx = _select(dense_layers, names, "dense_layers")
+        dense_idx = select_layers(dense_layers, names, "dense_layers")
         if len(dense_idx) == len(names):
             raise ValueError("dense_layers covers every maskable layer: nothing left to sparsify")
         shapes = [tuple(m.weight.shape) for _, m in candidates]
@@ -200,7 +200,7 @@ class SparseTopology:
         if output_layers is None:
             out_idx = {sparse_idx[-1]}
         else:
-            out_idx = _select(output_layers, names, "output_layers")
+            out_idx = select_layers(output_layers, names, "output_layers")
         gammas = self._gammas(gamma_sal, names)
 
         self.dense_names = [f"{names[i]}.weight" for i in sorted(dense_idx)]
@@ -234,7 +234,7 @@ class SparseTopology:
         if isinstance(gamma_sal, Mapping):
             out = [0.3] * len(names)
             for pattern, value in gamma_sal.items():
-                for i in _select([pattern], names, "gamma_sal"):
+                for i in select_layers([pattern], names, "gamma_sal"):
                     out[i] = _check_unit(value, f"gamma_sal[{pattern!r}]")
             return out
         return [_check_unit(gamma_sal, "gamma_sal")] * len(names)
@@ -294,6 +294,15 @@ class SparseTopology:
         layer.frozen = frozen.clone()
         layer.frozen_values = layer.weight.detach() * frozen
         layer.allowed = ~frozen if allowed is None else allowed.clone()
+
+    def restart(self, reset_updates: bool = True) -> None:
+        """Restart the schedule from step 0 (e.g. at a new task or experience): the
+        next update happens ``delta_t`` steps from now, the drop fraction starts again.
+        ``reset_updates`` also zeroes the update count reported by :meth:`metrics`."""
+        self.step = 0
+        if reset_updates:
+            self.n_updates = 0
+        self._dense_grads.clear()
 
     def layer(self, name: str) -> MaskedLayer:
         """The masked layer called ``name`` (parameter or module name)."""

@@ -304,3 +304,20 @@ def test_property_invariants_over_shapes(sizes, sparsity, updater, distribution,
     for step in range(6):
         train_step(model, opt, step)
         check_invariants(topo, opt)
+
+
+def test_restart_runs_the_schedule_again():
+    model = mlp()
+    opt = make_opt("adam", model)
+    topo = sa.SparseTopology(model, opt, sparsity=0.8, updater="set", delta_t=2, t_end=4,
+                             seed=0)
+    for i in range(6):
+        train_step(model, opt, i)
+    assert topo.step == 6 and topo.n_updates == 1  # step 2 only (t_end=4)
+    topo.restart(reset_updates=False)
+    assert topo.step == 0 and topo.n_updates == 1
+    for i in range(3):
+        train_step(model, opt, i)
+    assert topo.n_updates == 2  # step 2 of the restarted schedule
+    topo.restart()
+    assert topo.step == 0 and topo.n_updates == 0

@@ -1,0 +1,502 @@
+"""One continual-learning run: a stream, a strategy, a sparsity method -> metrics.
+
+:func:`run_experiment` trains a model task after task and evaluates every seen task
+after each one (the accuracy matrix), then reports average accuracy, forgetting and
+BWT (:mod:`continual.metrics`).
+
+Models: an MLP ``in-256-256`` backbone (a small CNN for CIFAR) with one dense head per
+task label on task-incremental streams (Avalanche ``MultiHeadClassifier``), one shared
+head on class-incremental ones. Heads are never masked (see :mod:`continual.plugins`).
+
+Engines (``engine=`` keyword):
+
+* ``"torch"``: a plain PyTorch loop (shuffled mini-batches, the strategy's optimizer
+  kept across tasks, one head per task), with :class:`SparseTopology` (DST) or
+  :class:`TaskMasks` hooked on the optimizer. It is what Avalanche's ``Naive`` does,
+  without Avalanche's 4-5 s import, so only ``strategy="naive"`` runs on it.
+* ``"avalanche"``: Avalanche strategies (``Naive``, ``EWC``, ``Replay``; ``packnet`` is
+  ``Naive`` + ``PackNetPlugin`` on a ``PackNetModel``) with :class:`DSTPlugin` or
+  :class:`TaskMaskPlugin`, and Avalanche's ``EvaluationPlugin`` (accuracy and
+  forgetting metrics).
+* ``"auto"`` (default): ``torch`` for naive, ``avalanche`` otherwise.
+
+Sparsity methods: ``updater="dense"`` trains dense; otherwise ``task_masks=True`` gives
+each task its own ``1 - sparsity`` of the weights (``n_tasks`` caps the layer densities
+so every task fits) and ``task_masks=False`` runs DST over the whole stream (the
+schedule restarts per task). ``packnet`` uses its own pruning: ``sparsity`` sets the
+share each task keeps, ``updater`` and ``task_masks`` do not apply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from continual.metrics import accuracy_matrix_from_avalanche, summarize
+from continual.streams import StreamData, TaskData, load_stream
+from continual.task_masks import TaskMasks, sparsity_without_layers
+from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.topology import SparseTopology
+from sparse_agents.updaters import UPDATERS
+
+__all__ = ["STRATEGIES", "UPDATER_CHOICES", "build_backbone", "run_experiment",
+           "write_outputs"]
+
+STRATEGIES = ("naive", "ewc", "replay", "packnet")
+UPDATER_CHOICES = ("dense", *UPDATERS)
+ENGINES = ("auto", "torch", "avalanche")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+HEADS = r"heads\..*"
+
+Progress = Callable[[int, int, str], None]
+
+
+# ---------------------------------------------------------------------- models
+def build_backbone(input_shape: tuple[int, ...], hidden: int = 256) -> nn.Sequential:
+    """``in-hidden-hidden`` ReLU MLP for flat inputs, a 2-conv CNN for images."""
+    if len(input_shape) == 1:
+        return nn.Sequential(nn.Linear(input_shape[0], hidden), nn.ReLU(),
+                             nn.Linear(hidden, hidden), nn.ReLU())
+    if len(input_shape) == 3:
+        c, h, w = input_shape
+        return nn.Sequential(
+            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(64 * (h // 4) * (w // 4), hidden), nn.ReLU())
+    raise ValueError(f"input_shape must be (features,) or (channels, height, width), "
+                     f"got {input_shape}")
+
+
+class MultiHeadNet(nn.Module):
+    """Backbone plus one head per task label (``heads.<label>``), chosen per call."""
+
+    def __init__(self, backbone: nn.Module, hidden: int, heads: dict[int, int]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict({str(t): nn.Linear(hidden, n) for t, n in heads.items()})
+
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        return self.heads[str(int(task))](self.backbone(x))
+
+
+class SingleHeadNet(nn.Module):
+    """Backbone plus one shared head."""
+
+    def __init__(self, backbone: nn.Module, hidden: int, n_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+
+def _optimizer(params, name: str, lr: float, weight_decay: float,
+               momentum: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+# ---------------------------------------------------------------------- checks
+def _check_args(stream_data: StreamData, strategy: str, updater: str, distribution: str,
+                task_masks: bool, epochs: int, engine: str, optimizer: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if updater not in UPDATER_CHOICES:
+        raise ValueError(f"updater must be one of {UPDATER_CHOICES}, got {updater!r}")
+    if distribution not in METHODS:
+        raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if strategy == "packnet":
+        if epochs < 2:
+            raise ValueError("epochs must be >= 2 for packnet (it fine-tunes after pruning)")
+        if not stream_data.task_incremental:
+            raise ValueError("packnet needs task labels: use a task-incremental stream, "
+                             f"not {stream_data.name!r}")
+        return
+    if task_masks:
+        if updater == "dense":
+            raise ValueError("updater='dense' has no masks: pass task_masks=False, or an "
+                             f"updater in {tuple(UPDATERS)}")
+        if not stream_data.task_incremental:
+            raise ValueError(f"task_masks=True needs task labels at test time; "
+                             f"{stream_data.name!r} is class-incremental: use task_masks=False")
+        if strategy == "replay":
+            raise ValueError("task_masks=True trains one task at a time: strategy='replay' "
+                             "mixes tasks in a mini-batch; use naive or ewc")
+
+
+def _schedule(stream_data: StreamData, epochs: int, batch_size: int,
+              kw: dict) -> dict:
+    """DST schedule per task: ``delta_t`` ~ steps/8, ``t_end`` 0.75 of a task's steps."""
+    n = min(len(t.y_train) for t in stream_data.tasks)
+    steps = epochs * math.ceil(n / batch_size)
+    delta_t = kw.pop("delta_t", None) or max(1, steps // 8)
+    t_end = kw.pop("t_end", None) or max(delta_t + 1, int(0.75 * steps))
+    out = {"delta_t": int(delta_t), "t_end": int(t_end)}
+    for key in ("drop_fraction", "schedule", "gamma_sal", "grad_masking"):
+        if key in kw:
+            out[key] = kw.pop(key)
+    return out
+
+
+def _mask_metrics(source: TaskMasks | SparseTopology | None) -> dict[str, float]:
+    """Topology metrics (``{}`` when dense) plus ``masked_density``: the active share of
+    the masked layers alone (``density`` also counts the dense heads)."""
+    if source is None:
+        return {}
+    out = {k: float(v) for k, v in source.metrics().items()}
+    layers = source.layers
+    out["masked_density"] = (sum(int(x.mask.sum()) for x in layers)
+                             / sum(x.mask.numel() for x in layers))
+    return out
+
+
+# ---------------------------------------------------------------------- torch engine
+@torch.no_grad()
+def _accuracy(model: nn.Module, task: TaskData, multi_head: bool, batch: int = 2048) -> float:
+    correct = 0
+    for i in range(0, len(task.y_test), batch):
+        x = task.x_test[i:i + batch]
+        out = model(x, task.task_label) if multi_head else model(x)
+        correct += int((out.argmax(1) == task.y_test[i:i + batch]).sum())
+    return correct / max(1, len(task.y_test))
+
+
+def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution: str,
+               task_masks: bool, epochs: int, seed: int, batch_size: int, hidden: int,
+               opt_args: dict, dst: dict, transfer: bool, overflow: str,
+               progress: Progress | None) -> tuple[np.ndarray, dict]:
+    torch.manual_seed(seed)
+    backbone = build_backbone(data.input_shape, hidden)
+    multi = data.task_incremental
+    if multi:
+        model: nn.Module = MultiHeadNet(backbone, hidden,
+                                        {t.task_label: t.n_classes for t in data.tasks})
+    else:
+        model = SingleHeadNet(backbone, hidden, data.n_classes)
+    dense_heads = [HEADS] if multi else [r"head"]
+    tm: TaskMasks | None = None
+    topo: SparseTopology | None = None
+    if updater != "dense" and task_masks:
+        tm = TaskMasks(model, sparsity, updater, distribution, transfer, seed,
+                       n_tasks=data.n_tasks, overflow=overflow, dense_layers=dense_heads,
+                       **dst)
+    opt = _optimizer(model.parameters(), **opt_args)
+    if updater != "dense" and not task_masks:
+        s = sparsity_without_layers(model, sparsity, distribution, dense_heads, opt)
+        topo = SparseTopology(model, opt, sparsity=s, updater=updater,
+                              distribution=distribution, dense_layers=dense_heads, seed=seed,
+                              **dst)
+    gen = torch.Generator().manual_seed(seed)
+    T = data.n_tasks
+    R = np.full((T, T), np.nan)
+    total = sum(epochs * math.ceil(len(t.y_train) / batch_size) for t in data.tasks)
+    done = 0
+    for i, task in enumerate(data.tasks):
+        if tm is not None:
+            tm.start_task(task.task_label, opt)
+        elif topo is not None:
+            topo.restart(reset_updates=False)
+        model.train()
+        n = len(task.y_train)
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for s in range(0, n, batch_size):
+                idx = order[s:s + batch_size]
+                x, y = task.x_train[idx], task.y_train[idx]
+                out = model(x, task.task_label) if multi else model(x)
+                loss = nn.functional.cross_entropy(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"task {i + 1}/{T}")
+        if tm is not None:
+            tm.end_task()
+        model.eval()
+        for j in range(i + 1):
+            other = data.tasks[j]
+            if tm is not None:
+                with tm.use_task(other.task_label):
+                    R[i, j] = _accuracy(model, other, multi)
+            else:
+                R[i, j] = _accuracy(model, other, multi)
+    return R, _mask_metrics(tm if tm is not None else topo)
+
+
+# ---------------------------------------------------------------------- avalanche engine
+def _packnet_proportions(sparsity: float, n_tasks: int) -> list[float]:
+    """Prune proportion per task so that each task keeps ``1 - sparsity`` of the layer:
+    task k keeps ``d / (1 - k d)`` of what is still free."""
+    d = 1.0 - sparsity
+    out = []
+    for k in range(n_tasks):
+        remaining = 1.0 - k * d
+        out.append(0.0 if remaining <= d else 1.0 - d / remaining)
+    return out
+
+
+def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: float,
+                   distribution: str, task_masks: bool, epochs: int, seed: int,
+                   batch_size: int, hidden: int, opt_args: dict, dst: dict, transfer: bool,
+                   overflow: str, progress: Progress | None,
+                   kw: dict) -> tuple[np.ndarray, dict, dict]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*QP solver.*")
+        warnings.filterwarnings("ignore", module="qpsolvers.*")
+        from avalanche.core import SupervisedPlugin
+        from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+        from avalanche.models import MultiHeadClassifier, MultiTaskModule
+        from avalanche.models.packnet import PackNetModel, PackNetPlugin
+        from avalanche.training import EWC, Naive, Replay
+        from avalanche.training.determinism.rng_manager import RNGManager
+        from avalanche.training.plugins import EvaluationPlugin
+
+        from continual.plugins import DSTPlugin, TaskMaskPlugin
+        from continual.streams import to_benchmark
+
+    class AvalancheMultiHead(MultiTaskModule):
+        def __init__(self, backbone: nn.Module) -> None:
+            super().__init__()
+            self.backbone = backbone
+            self.classifier = MultiHeadClassifier(hidden, data.tasks[0].n_classes,
+                                                  masking=False)
+
+        def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
+            return self.classifier(self.backbone(x), task_label)
+
+    class _Progress(SupervisedPlugin):
+        def __init__(self, total: int) -> None:
+            super().__init__()
+            self.total, self.done = total, 0
+
+        def after_training_iteration(self, strategy, **_) -> None:
+            self.done += 1
+            progress(self.done, self.total,
+                     f"task {strategy.clock.train_exp_counter + 1}/{data.n_tasks}")
+
+    RNGManager.set_random_seeds(seed)
+    bm = to_benchmark(data)
+    backbone = build_backbone(data.input_shape, hidden)
+    plugins: list = []
+    if strategy == "packnet":
+        model: nn.Module = PackNetModel(SingleHeadNet(backbone, hidden, data.n_classes))
+        plugins.append(PackNetPlugin(post_prune_epochs=max(1, epochs // 2),
+                                     prune_proportion=_packnet_proportions(sparsity,
+                                                                           data.n_tasks)))
+    elif data.task_incremental:
+        model = AvalancheMultiHead(backbone)
+    else:
+        model = SingleHeadNet(backbone, hidden, data.n_classes)
+    opt = _optimizer(model.parameters(), **opt_args)
+    sparse_plugin = None
+    if strategy != "packnet" and updater != "dense":
+        if task_masks:
+            sparse_plugin = TaskMaskPlugin(sparsity, updater, distribution, transfer,
+                                           n_tasks=data.n_tasks, overflow=overflow, seed=seed,
+                                           **dst)
+        else:
+            dense = [] if data.task_incremental else ["head"]
+            sparse_plugin = DSTPlugin(sparsity, updater, distribution, seed=seed,
+                                      dense_layers=dense, **dst)
+        plugins.append(sparse_plugin)
+    if progress is not None:
+        total = sum(epochs * math.ceil(len(t.y_train) / batch_size) for t in data.tasks)
+        plugins.append(_Progress(total))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
+                                     forgetting_metrics(experience=True, stream=True),
+                                     loggers=[])
+    common = dict(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(),
+                  train_mb_size=batch_size, train_epochs=epochs, eval_mb_size=2048,
+                  device="cpu", plugins=plugins, evaluator=evaluator)
+    if strategy == "ewc":
+        strat = EWC(ewc_lambda=float(kw["ewc_lambda"]), **common)
+    elif strategy == "replay":
+        strat = Replay(mem_size=int(kw["mem_size"]), **common)
+    else:
+        strat = Naive(**common)
+    results = []
+    # Replay's storage policy calls a method Avalanche 0.6 itself deprecates, and its
+    # decorator resets the warning filters: record, drop that one, re-emit the others
+    with warnings.catch_warnings(record=True) as caught:
+        for i, exp in enumerate(bm.train_stream):
+            strat.train(exp, eval_streams=[])
+            results.append(strat.eval(bm.test_stream[: i + 1]))
+    for w in caught:
+        if "Call to deprecated function update" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    R = accuracy_matrix_from_avalanche(results, data.n_tasks)
+    masks: dict = {}
+    if sparse_plugin is not None:
+        masks = _mask_metrics(sparse_plugin.task_masks if task_masks
+                              else sparse_plugin.topology)
+    last = results[-1]
+    extra = {"avalanche_stream_forgetting": float(last.get(
+        "StreamForgetting/eval_phase/test_stream", float("nan"))),
+        "avalanche_stream_accuracy": float(last.get(
+            "Top1_Acc_Stream/eval_phase/test_stream/Task000", float("nan")))}
+    return R, masks, extra
+
+
+# ---------------------------------------------------------------------- entry point
+def run_experiment(
+    stream: str,
+    strategy: str = "naive",
+    updater: str = "srigl",
+    sparsity: float = 0.9,
+    distribution: str = "erk",
+    task_masks: bool = True,
+    epochs: int = 2,
+    seed: int = 0,
+    n_tasks: int | None = None,
+    out: str | Path | None = None,
+    **kw,
+) -> dict:
+    """Train ``stream`` task by task and evaluate every seen task after each one.
+
+    Args:
+        stream: a stream name from :mod:`continual.streams` (e.g. ``split-digits``).
+        strategy: ``"naive"``, ``"ewc"``, ``"replay"`` or ``"packnet"``.
+        updater: ``"dense"`` (no sparsity) or a DST updater (static/set/rigl/srigl).
+        sparsity: in [0, 1); with task masks, the share each task does *not* claim.
+        distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
+        task_masks: per-task masks (:class:`TaskMasks`) instead of DST over the stream.
+        epochs: epochs per task (>= 1; >= 2 for packnet).
+        seed: seeds data split, model, masks and mini-batch order.
+        n_tasks: tasks in the stream (default per stream, e.g. 5).
+        out: folder for ``accuracy_matrix.csv``, ``summary.json`` and ``heatmap.png``.
+        kw: ``engine`` (auto/torch/avalanche), ``lr`` (1e-3), ``batch_size`` (32),
+            ``hidden`` (256), ``optimizer`` (adam/adamw/sgd), ``weight_decay`` (0),
+            ``momentum`` (0.9, sgd), ``transfer`` (True), ``overflow`` ("raise" or
+            "shrink", task masks), ``delta_t``, ``t_end``,
+            ``drop_fraction``, ``gamma_sal``, ``ewc_lambda`` (100), ``mem_size`` (200),
+            ``data_root``, ``max_train_per_task``, ``shuffle_classes``, ``progress``
+            (a callable ``(done, total, text)``).
+
+    Returns:
+        ``avg_accuracy``, ``forgetting``, ``bwt``, ``accuracy_matrix`` (rows: after
+        training task i; columns: task j; None where not evaluated), ``masks``
+        (topology metrics, ``{}`` when dense), the configuration and ``wall_time``.
+    """
+    start = time.perf_counter()
+    kw = dict(kw)
+    sparsity = check_sparsity(sparsity)
+    engine = kw.pop("engine", "auto")
+    progress = kw.pop("progress", None)
+    batch_size = int(kw.pop("batch_size", 32))
+    hidden = int(kw.pop("hidden", 256))
+    transfer = kw.pop("transfer", True)
+    overflow = kw.pop("overflow", "raise")
+    if batch_size < 1 or hidden < 1:
+        raise ValueError(f"batch_size and hidden must be >= 1, got {batch_size}, {hidden}")
+    opt_args = {"name": kw.pop("optimizer", "adam"), "lr": float(kw.pop("lr", 1e-3)),
+                "weight_decay": float(kw.pop("weight_decay", 0.0)),
+                "momentum": float(kw.pop("momentum", 0.9))}
+    data = load_stream(stream, n_tasks, seed, root=kw.pop("data_root", None),
+                       max_train_per_task=kw.pop("max_train_per_task", None),
+                       shuffle_classes=bool(kw.pop("shuffle_classes", False)))
+    task_masks = bool(task_masks)
+    _check_args(data, strategy, updater, distribution, task_masks, epochs, engine,
+                opt_args["name"])
+    if strategy == "packnet":
+        task_masks = False
+    dst = _schedule(data, epochs, batch_size, kw)
+    strategy_args = {"ewc_lambda": float(kw.pop("ewc_lambda", 100.0)),
+                     "mem_size": int(kw.pop("mem_size", 200))}
+    if kw:
+        raise ValueError(f"unknown keyword arguments {sorted(kw)}; see run_experiment's "
+                         "docstring for the accepted ones")
+    if engine == "auto":
+        engine = "torch" if strategy == "naive" else "avalanche"
+    if engine == "torch" and strategy != "naive":
+        raise ValueError(f"engine='torch' runs strategy='naive' only, got {strategy!r}: "
+                         "use engine='avalanche'")
+    common = dict(updater=updater, sparsity=sparsity, distribution=distribution,
+                  task_masks=task_masks, epochs=int(epochs), seed=int(seed),
+                  batch_size=batch_size, hidden=hidden, opt_args=opt_args, dst=dst,
+                  transfer=transfer, overflow=overflow, progress=progress)
+    extra: dict = {}
+    if engine == "torch":
+        R, masks = _run_torch(data, **common)
+    else:
+        R, masks, extra = _run_avalanche(data, strategy=strategy, kw=strategy_args, **common)
+    result = {
+        **summarize(R),
+        "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in R],
+        "final_accuracies": [float(v) for v in R[-1]],
+        "masks": masks,
+        "stream": data.name, "strategy": strategy,
+        "updater": "packnet" if strategy == "packnet" else updater,
+        "sparsity": sparsity, "distribution": distribution, "task_masks": task_masks,
+        "transfer": bool(transfer), "overflow": overflow, "epochs": int(epochs), "seed": int(seed),
+        "n_tasks": data.n_tasks, "engine": engine, **dst, **extra,
+        "wall_time": time.perf_counter() - start,
+    }
+    if out is not None:
+        write_outputs(result, out)
+    return result
+
+
+def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
+    """Write ``accuracy_matrix.csv``, ``summary.json`` and ``heatmap.png`` into ``out``."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    matrix = result["accuracy_matrix"]
+    n = len(matrix[0])
+    lines = ["after_task," + ",".join(f"task_{j}" for j in range(n))]
+    for i, row in enumerate(matrix):
+        lines.append(f"{i}," + ",".join("" if v is None else f"{v:.6f}" for v in row))
+    paths = {"csv": folder / "accuracy_matrix.csv", "json": folder / "summary.json",
+             "png": folder / "heatmap.png"}
+    paths["csv"].write_text("\n".join(lines) + "\n")
+    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True))
+    _heatmap(matrix, result, paths["png"])
+    return paths
+
+
+def _heatmap(matrix: list[list[float | None]], result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * m.shape[1], 1.0 + 0.6 * m.shape[0]))
+    im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if not np.isnan(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if m[i, j] < 0.6 else "black")
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("after training task")
+    ax.set_xticks(range(m.shape[1]))
+    ax.set_yticks(range(m.shape[0]))
+    masks = " task-masks" if result.get("task_masks") else ""
+    ax.set_title(f"{result.get('stream')} {result.get('strategy')} {result.get('updater')}"
+                 f"{masks} s={result.get('sparsity')}\navg {result['avg_accuracy']:.3f} "
+                 f"forgetting {result['forgetting']:.3f}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
