@@ -182,3 +182,30 @@ def test_seed_verdict_names_direction_and_significance(diffs, sig, expected):
 
     rows = pd.DataFrame({"sparsity": [0.5, 0.8, 0.95], "diff": diffs, "significant": sig})
     assert expected in seed_verdict(rows.iloc[:2], rows.iloc[2:])
+
+
+def test_paired_ci_uses_per_seed_differences():
+    from sparse_agents.study.report import compare
+
+    base = [0.70, 0.80, 0.90, 0.60]  # large spread between seeds, constant gain
+    rows = [{"workload": "w", "updater": "set", "sparsity": 0.9, "seed": i, "status": "ok",
+             "distribution": d, "metric": b + (0.01 if d == "erk" else 0.0)}
+            for i, b in enumerate(base) for d in ("erk", "uniform")]
+    paired = compare(pd.DataFrame(rows)).iloc[0]
+    assert paired["test"] == "paired" and paired["diff"] == pytest.approx(0.01)
+    assert paired["ci95"] == pytest.approx(0.0, abs=1e-9) and paired["significant"]
+    unpaired = compare(pd.DataFrame(rows[:-1])).iloc[0]  # seed 3 lacks uniform: Welch
+    assert unpaired["test"] == "welch" and not unpaired["significant"]
+
+
+def test_cl_workload_sparsity_scope():
+    from sparse_agents.study.grid import Job
+    from sparse_agents.study.workloads import run_cl
+
+    settings = {"epochs": 1, "hidden": 16, "n_tasks": 2, "sparsity_scope": "network"}
+    out = run_cl(Job("cl:split-digits", "uniform", 0.6, "set", 0, settings))
+    assert out["task_sparsity"] == pytest.approx(0.8)  # each of 2 tasks owns 0.2
+    assert 0.0 <= out["metric"] <= 1.0 and out["metric_name"] == "avg_accuracy"
+    assert out["forgetting"] == 0.0  # per-task masks
+    with pytest.raises(ValueError, match="sparsity_scope"):
+        run_cl(Job("cl:split-digits", "uniform", 0.6, "set", 0, {"sparsity_scope": "layer"}))

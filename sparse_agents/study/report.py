@@ -28,6 +28,8 @@ def load_results(out: str | Path) -> pd.DataFrame:
                    error=(rec.get("error") or "").strip().splitlines()[-1:] or None)
         row["error"] = row["error"][0] if row["error"] else None
         for key, value in rec.get("metrics", {}).items():
+            if key in row:  # a result named like a grid column never replaces it
+                key = f"result_{key}"
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[key] = float(value)
             elif key == "metric_name":
@@ -56,30 +58,49 @@ def aggregate(df: pd.DataFrame, metric: str = "metric") -> pd.DataFrame:
     return table.sort_values(GROUP).reset_index(drop=True)[GROUP + ["mean", "std", "ci95", "n"]]
 
 
+def diff_ci(xa: np.ndarray, xb: np.ndarray, paired: bool) -> tuple[float, float]:
+    """``mean(xa) - mean(xb)`` and the half-width of its 95% CI: a paired t interval
+    on the per-seed differences, else Welch's (NaN when a side has one value)."""
+    diff = float(xa.mean() - xb.mean())
+    if paired:
+        if len(xa) < 2:
+            return diff, math.nan
+        d = xa - xb
+        se = float(d.std(ddof=1)) / math.sqrt(len(d))
+        return diff, float(stats.t.ppf(0.975, len(d) - 1) * se) if se > 0 else 0.0
+    if len(xa) < 2 or len(xb) < 2:
+        return diff, math.nan
+    va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, 0.0
+    dof = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
+    return diff, float(stats.t.ppf(0.975, dof) * se)
+
+
 def compare(df: pd.DataFrame, a: str = "erk", b: str = "uniform",
             metric: str = "metric") -> pd.DataFrame:
-    """Per workload x updater x sparsity: mean(a) - mean(b), its 95% CI (Welch) and
-    whether the difference is outside the CI (i.e. the CI excludes 0)."""
+    """Per workload x updater x sparsity: mean(a) - mean(b), its 95% CI and whether
+    the difference is outside the CI (the CI excludes 0).
+
+    Runs of the two distributions with the same seed share data split, task order and
+    mini-batch order, so when both sides have the same seeds the CI is paired (a t
+    interval on the per-seed differences, column ``test`` = ``paired``); otherwise
+    Welch's."""
     ok = df[df["status"] == "ok"]
     rows = []
     for (w, u, s), g in ok.groupby(["workload", "updater", "sparsity"]):
-        xa = g.loc[g["distribution"] == a, metric].to_numpy(float)
-        xb = g.loc[g["distribution"] == b, metric].to_numpy(float)
-        if not len(xa) or not len(xb):
+        ga = g[g["distribution"] == a].sort_values("seed")
+        gb = g[g["distribution"] == b].sort_values("seed")
+        if not len(ga) or not len(gb):
             continue
-        diff = float(xa.mean() - xb.mean())
-        half = math.nan
-        if len(xa) > 1 and len(xb) > 1:
-            va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
-            se = math.sqrt(va + vb)
-            if se > 0:
-                dof = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
-                half = float(stats.t.ppf(0.975, dof) * se)
-            else:
-                half = 0.0
+        paired = ga["seed"].tolist() == gb["seed"].tolist() and ga["seed"].is_unique
+        xa, xb = ga[metric].to_numpy(float), gb[metric].to_numpy(float)
+        diff, half = diff_ci(xa, xb, paired)
         rows.append({"workload": w, "updater": u, "sparsity": s, f"{a}_mean": xa.mean(),
                      f"{b}_mean": xb.mean(), "diff": diff, "ci95": half,
                      "significant": bool(np.isfinite(half) and abs(diff) > half),
+                     "test": "paired" if paired else "welch",
                      "n_a": len(xa), "n_b": len(xb)})
     return pd.DataFrame(rows)
 
@@ -114,7 +135,9 @@ def summary_text(cmp: pd.DataFrame, failed: pd.DataFrame, a: str = "erk",
                  b: str = "uniform") -> str:
     """Plain-language summary: where each distribution wins, and whether the seed's
     finding (ERK better at low sparsity, uniform better at high) is reproduced."""
-    lines = [f"# Study summary: {a.upper()} vs {b}", ""]
+    lines = [f"# Study summary: {a.upper()} vs {b}", "",
+             "Differences are mean(" + a + ") - mean(" + b + ") with a 95% CI, paired by seed "
+             "where both ran the same seeds (same data split and order), else Welch's.", ""]
     if cmp.empty:
         lines.append(f"No workload has results for both {a} and {b}.")
     for (w, u), g in cmp.groupby(["workload", "updater"]):
@@ -124,7 +147,7 @@ def summary_text(cmp: pd.DataFrame, failed: pd.DataFrame, a: str = "erk",
                   zip(g["sparsity"], g["diff"], g["significant"], strict=True) if d < 0]
         lines.append(f"- **{w}, {u}**: {a} wins at sparsity {', '.join(wins_a) or 'none'}; "
                      f"{b} wins at {', '.join(wins_b) or 'none'} "
-                     "(* = difference outside the 95% CI).")
+                     "(* = outside the 95% CI).")
         low = g[g["sparsity"] <= LOW_SPARSITY]
         high = g[g["sparsity"] >= HIGH_SPARSITY]
         if len(low) and len(high):

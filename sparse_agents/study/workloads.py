@@ -116,6 +116,7 @@ def run_cl(job: Job) -> dict:
         **s,  # any other setting (lr, hidden, overflow, ...) goes to the experiment
     )
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    metrics["task_sparsity"] = metrics.pop("sparsity", sparsity)  # what each task got
     metrics.update({"metric": float(result["avg_accuracy"]), "metric_name": "avg_accuracy",
                     "masks": result.get("masks", {})})
     return metrics
