@@ -8,3 +8,11 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message=".*QP solver.*")
+
+# Property tests: a fixed example sequence by default (CI fails only on real changes);
+# HYPOTHESIS_PROFILE=explore searches with fresh random examples and more of them.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,0 +1,146 @@
+"""Continual RL with SB3: per-task isolation of a sparse PPO agent, the stream runner's
+outputs and its argument errors (tiny budgets)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+import envs
+from sparse_agents.sb3 import SparseActorCriticPolicy
+from sparse_agents.sb3.continual import DENSE_INPUT, TaskMaskActorCriticPolicy, train_stream
+
+PPO_TINY = dict(n_steps=64, batch_size=64, n_epochs=2, learning_rate=3e-3)
+
+
+def _agent(stream, **policy_kwargs) -> PPO:
+    env = make_vec_env(lambda: stream.make(0), n_envs=2, seed=0)
+    kwargs = dict(sparsity=0.8, updater="srigl", delta_t=2, n_tasks=stream.n_tasks)
+    kwargs.update(policy_kwargs)
+    return PPO(TaskMaskActorCriticPolicy, env, seed=0, policy_kwargs=kwargs, **PPO_TINY)
+
+
+def _outputs(model: PPO, obs: np.ndarray) -> tuple[torch.Tensor, ...]:
+    policy = model.policy
+    with torch.no_grad():
+        x = torch.as_tensor(obs)
+        dist = policy.get_distribution(x)
+        actions, _ = policy.predict(obs, deterministic=True)
+        return (torch.as_tensor(actions), policy.predict_values(x), dist.distribution.logits
+                if hasattr(dist.distribution, "logits") else dist.distribution.mean)
+
+
+def _train_task(model: PPO, stream, task_id: int, steps: int = 256) -> None:
+    model.policy.start_task(task_id)
+    model.set_env(make_vec_env(lambda: stream.make(task_id), n_envs=2, seed=task_id))
+    model.learn(steps)
+    model.policy.end_task()
+
+
+@pytest.mark.parametrize(("stream_name", "policy_kwargs"), [
+    ("cartpole-physics", {}),
+    ("cartpole-physics", {"updater": "rigl", "per_task_heads": True,
+                          "dense_layers": list(DENSE_INPUT)}),
+    ("pendulum-physics", {"updater": "set", "transfer": False}),
+])
+def test_later_task_leaves_earlier_task_bit_identical(stream_name, policy_kwargs):
+    stream = envs.get_stream(stream_name)
+    model = _agent(stream, **policy_kwargs)
+    _train_task(model, stream, 0)
+    env = stream.make(0)
+    obs = np.stack([env.reset(seed=s)[0] for s in range(16)])
+    with model.policy.use_task(0):
+        before = _outputs(model, obs)
+    weights_before = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
+    topo = model.policy.task_masks.topology
+    _train_task(model, stream, 1)
+    # task 1 really trained: its weights moved and DST ran
+    assert topo.n_updates > 0
+    assert any(not torch.equal(weights_before[n], p) for n, p in
+               model.policy.named_parameters())
+    with model.policy.use_task(1):
+        other = _outputs(model, obs)
+    assert not torch.equal(other[1], before[1])
+    with model.policy.use_task(0):
+        after = _outputs(model, obs)
+    for b, a in zip(before, after, strict=True):
+        assert torch.equal(b, a)
+    assert model.policy.task_ids == [0, 1] and model.policy.active_task is None
+
+
+def test_unknown_task_id_is_an_error():
+    stream = envs.get_stream("cartpole-physics")
+    model = _agent(stream)
+    _train_task(model, stream, 0, steps=128)
+    with pytest.raises(KeyError, match=r"task id 3 has no mask: known task ids are \[0\]"):
+        model.policy.set_task(3)
+
+
+def test_save_load_keeps_tasks(tmp_path):
+    stream = envs.get_stream("cartpole-physics")
+    model = _agent(stream)
+    _train_task(model, stream, 0, steps=128)
+    _train_task(model, stream, 1, steps=128)
+    obs = np.stack([stream.make(0).reset(seed=s)[0] for s in range(8)])
+    expected = {}
+    for t in (0, 1):
+        with model.policy.use_task(t):
+            expected[t] = _outputs(model, obs)
+    model.save(tmp_path / "agent")
+    loaded = PPO.load(tmp_path / "agent")
+    assert isinstance(loaded.policy, TaskMaskActorCriticPolicy)
+    assert loaded.policy.task_ids == [0, 1]
+    for t in (0, 1):
+        with loaded.policy.use_task(t):
+            got = _outputs(loaded, obs)
+        for e, g in zip(expected[t], got, strict=True):
+            assert torch.equal(e, g)
+
+
+@pytest.mark.parametrize(("updater", "task_masks", "one_hot"), [
+    ("srigl", True, False), ("dense", False, False), ("set", False, True)])
+def test_train_stream_outputs(tmp_path, updater, task_masks, one_hot):
+    result = train_stream("cartpole-physics", updater=updater, task_masks=task_masks,
+                          sparsity=0.8, steps_per_task=256, seed=1, n_tasks=2,
+                          eval_episodes=2, one_hot=one_hot,
+                          algo_kwargs=dict(n_envs=2, **PPO_TINY))
+    assert result.model.observation_space.shape == ((4 + 4,) if one_hot else (4,))
+    r = result.returns
+    assert r.shape == (2, 2) and math.isnan(r[0, 1]) and not np.isnan(r[1]).any()
+    policy = result.model.policy
+    if updater == "dense":
+        assert not isinstance(policy, SparseActorCriticPolicy)
+    else:
+        assert isinstance(policy, TaskMaskActorCriticPolicy) == task_masks
+    paths = result.save(tmp_path)
+    summary = json.loads(paths["json"].read_text())
+    assert summary["final_returns"] == pytest.approx(list(r[1]))
+    assert summary["forgetting"] == pytest.approx(r[0, 0] - r[1, 0])
+    assert summary["task_forgetting"] == pytest.approx([r[0, 0] - r[1, 0]])
+    lines = paths["csv"].read_text().splitlines()
+    assert lines[0] == "after_task,task_0,task_1" and lines[1].endswith(",")
+    assert paths["png"].stat().st_size > 0
+    if task_masks:
+        assert summary["density"]["task_density/0"] == pytest.approx(
+            summary["density"]["task_density/1"], rel=0.05)
+
+
+def test_train_stream_argument_errors():
+    with pytest.raises(ValueError, match="stream must be one of"):
+        train_stream("nope", steps_per_task=8)
+    with pytest.raises(ValueError, match="algo must be one of"):
+        train_stream("cartpole-physics", algo="dqn", steps_per_task=8)
+    with pytest.raises(ValueError, match="updater must be one of"):
+        train_stream("cartpole-physics", updater="magic", steps_per_task=8)
+    with pytest.raises(ValueError, match="task_masks=True needs a sparse updater"):
+        train_stream("cartpole-physics", updater="dense", task_masks=True, steps_per_task=8)
+    with pytest.raises(ValueError, match=r"n_tasks must be an integer in \[1, 4\]"):
+        train_stream("cartpole-physics", n_tasks=9, steps_per_task=8)
+    with pytest.raises(ValueError, match="steps_per_task must be an integer >= 1"):
+        train_stream("cartpole-physics", steps_per_task=0)
