@@ -209,3 +209,27 @@ def test_cl_workload_sparsity_scope():
     assert out["forgetting"] == 0.0  # per-task masks
     with pytest.raises(ValueError, match="sparsity_scope"):
         run_cl(Job("cl:split-digits", "uniform", 0.6, "set", 0, {"sparsity_scope": "layer"}))
+
+
+def test_best_updater_names_winner_and_lead():
+    from sparse_agents.study.report import best_updater
+
+    gain = {"set": 0.0, "rigl": 0.02, "srigl": 0.01, "dense": 0.5}
+    rows = [{"workload": "w", "distribution": "erk", "sparsity": 0.9, "seed": i,
+             "status": "ok", "updater": u, "metric": b + g}
+            for i, b in enumerate([0.6, 0.7, 0.8]) for u, g in gain.items()]
+    best = best_updater(pd.DataFrame(rows)).iloc[0]
+    assert (best["best"], best["runner_up"]) == ("rigl", "srigl")  # dense is not a rule
+    assert best["lead"] == pytest.approx(0.01) and best["significant"]
+
+
+def test_rl_stream_workload():
+    from sparse_agents.study.grid import Job
+    from sparse_agents.study.workloads import run_rl_stream
+
+    settings = {"steps_per_task": 128, "n_tasks": 2, "eval_episodes": 1}
+    out = run_rl_stream(Job("rlstream:cartpole-physics", "erk", 0.8, "set", 0, settings))
+    assert out["metric_name"] == "average_final_return" and out["metric"] > 0
+    assert {"final_return_task0", "final_return_task1", "forgetting"} <= set(out)
+    assert out["forgetting"] == pytest.approx(0.0, abs=1e-9)  # per-task masks
+    assert all(isinstance(v, float) for v in out["masks"].values())

@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="ERK vs uniform (and updater, sparsity, seed) on CL streams and RL tasks.")
     p.add_argument("--config", type=Path, help="YAML/TOML grid file (CLI flags override it)")
     p.add_argument("--workloads", nargs="+",
-                   help="digits | cl:<stream> (e.g. cl:split-digits) | rl:<env id>")
+                   help="digits | cl:<stream> (e.g. cl:split-digits) | rl:<env id> | "
+                        "rlstream:<stream> (e.g. rlstream:cartpole-physics)")
     p.add_argument("--distributions", nargs="+", choices=["erk", "uniform", "er"])
     p.add_argument("--sparsities", nargs="+", type=float)
     p.add_argument("--updaters", nargs="+", choices=["dense", "static", "set", "rigl", "srigl"])

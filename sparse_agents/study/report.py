@@ -105,6 +105,44 @@ def compare(df: pd.DataFrame, a: str = "erk", b: str = "uniform",
     return pd.DataFrame(rows)
 
 
+def best_updater(df: pd.DataFrame, metric: str = "metric") -> pd.DataFrame:
+    """Per workload x distribution x sparsity: the updater (growth rule) with the best
+    mean, the runner-up, the lead and its 95% CI (paired by seed where possible), and
+    whether the lead is outside the CI. Needs at least two sparse updaters."""
+    ok = df[(df["status"] == "ok") & (df["updater"] != "dense")]
+    rows = []
+    for (w, d, s), g in ok.groupby(["workload", "distribution", "sparsity"]):
+        means = g.groupby("updater")[metric].mean().sort_values(ascending=False)
+        if len(means) < 2:
+            continue
+        first, second = means.index[0], means.index[1]
+        ga = g[g["updater"] == first].sort_values("seed")
+        gb = g[g["updater"] == second].sort_values("seed")
+        paired = ga["seed"].tolist() == gb["seed"].tolist() and ga["seed"].is_unique
+        lead, half = diff_ci(ga[metric].to_numpy(float), gb[metric].to_numpy(float), paired)
+        rows.append({"workload": w, "distribution": d, "sparsity": s, "best": first,
+                     "best_mean": means.iloc[0], "runner_up": second,
+                     "runner_up_mean": means.iloc[1], "lead": lead, "ci95": half,
+                     "significant": bool(np.isfinite(half) and lead > half),
+                     "test": "paired" if paired else "welch"})
+    return pd.DataFrame(rows)
+
+
+def best_text(best: pd.DataFrame) -> str:
+    """Markdown lines: per workload and distribution, the best updater at each sparsity
+    (``*``: its lead over the runner-up is outside the 95% CI)."""
+    if best.empty:
+        return ""
+    lines = ["", "## Best growth rule (updater) per sparsity", ""]
+    for (w, d), g in best.groupby(["workload", "distribution"]):
+        cells = [f"{s:g}: {b}{'*' if sig else ''}" for s, b, sig in
+                 zip(g["sparsity"], g["best"], g["significant"], strict=True)]
+        lines.append(f"- **{w}, {d}**: " + ", ".join(cells))
+    lines.append("")
+    lines.append("(* = lead over the runner-up outside the 95% CI; see best_updater.md)")
+    return "\n".join(lines) + "\n"
+
+
 def seed_verdict(low: pd.DataFrame, high: pd.DataFrame) -> str:
     """Whether the low-sparsity rows favour the first distribution (diff > 0) and the
     high-sparsity rows the second (diff < 0), and which of those differences lie
@@ -218,7 +256,8 @@ def plot(table: pd.DataFrame, cmp: pd.DataFrame, out: Path, metric_label: str) -
 
 
 def write_report(out: str | Path, metric: str = "metric") -> dict:
-    """Write ``summary_table.{csv,md}``, ``erk_vs_uniform.{csv,md}``, ``runs.{csv,md}``,
+    """Write ``summary_table.{csv,md}``, ``erk_vs_uniform.{csv,md}``,
+    ``best_updater.{csv,md}``, ``runs.{csv,md}``,
     plots and ``summary.md`` for ``metric`` (default: each workload's primary metric)
     under ``out``, or under ``out/report-<metric>`` for another metric; return their
     paths."""
@@ -239,13 +278,15 @@ def write_report(out: str | Path, metric: str = "metric") -> dict:
         label = " / ".join(names) or "metric"
     table = aggregate(df, metric)
     cmp = compare(df, metric=metric)
+    best = best_updater(df, metric) if len(df) else pd.DataFrame()
     failed = df[df["status"] != "ok"] if len(df) else df
     written = {}
-    for name, frame in (("summary_table", table), ("erk_vs_uniform", cmp), ("runs", df)):
+    for name, frame in (("summary_table", table), ("erk_vs_uniform", cmp),
+                        ("best_updater", best), ("runs", df)):
         frame.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.md").write_text(frame.to_markdown(index=False, floatfmt=".4f") + "\n")
         written[name] = out / f"{name}.csv"
-    (out / "summary.md").write_text(summary_text(cmp, failed))
+    (out / "summary.md").write_text(summary_text(cmp, failed) + best_text(best))
     written["summary"] = out / "summary.md"
     for path in plot(table, cmp, out, label):
         written[path.stem] = path

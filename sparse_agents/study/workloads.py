@@ -7,6 +7,9 @@
   uses per-task masks, otherwise DST on a naive strategy; ``sparsity_scope`` ("task" or
   "network") says whether sparsity is per task or of the whole network at the end.
 - ``rl:<env id>``: PPO (setting ``algo``) with a sparse policy on a gymnasium env.
+- ``rlstream:<stream>``: one PPO/A2C agent through a task stream of :mod:`envs` (e.g.
+  ``rlstream:cartpole-physics``) with per-task masks; settings ``steps_per_task``,
+  ``dense_input``, ``n_tasks``.
 
 Every workload returns ``{"metric": primary value, "metric_name": ..., ...}`` plus a
 summary of the final masks under ``"masks"``.
@@ -84,7 +87,8 @@ def run_digits(job: Job) -> dict:
 #: ``n`` tasks owns ``(1 - sparsity) / n``, so 0.5 is feasible for 5 tasks)
 SPARSITY_SCOPES = ("task", "network")
 #: settings only RL workloads read (a study mixing CL and RL workloads shares settings)
-RL_SETTINGS = ("algo", "timesteps", "eval_episodes", "n_evals")
+RL_SETTINGS = ("algo", "timesteps", "eval_episodes", "n_evals", "steps_per_task",
+               "dense_input")
 
 
 def run_cl(job: Job) -> dict:
@@ -143,7 +147,32 @@ def run_rl(job: Job) -> dict:
     return metrics
 
 
-PREFIXES: dict[str, Workload] = {"cl": run_cl, "rl": run_rl}
+def run_rl_stream(job: Job) -> dict:
+    """One SB3 agent through a gymnasium task stream from :mod:`envs` (per-task masks
+    unless ``task_masks=false``); metric: mean final return over the stream's tasks."""
+    from sparse_agents.sb3.continual import train_stream
+
+    s = dict(job.settings)
+    sparse = job.updater != "dense"
+    result = train_stream(
+        job.workload.split(":", 1)[1], algo=s.get("algo", "ppo"), updater=job.updater,
+        sparsity=job.sparsity if sparse else 0.0,
+        distribution=job.distribution if sparse else "erk",
+        task_masks=bool(s.get("task_masks", True)) and sparse,
+        steps_per_task=int(s.get("steps_per_task", 50_000)), seed=job.seed,
+        n_tasks=s.get("n_tasks"), eval_episodes=int(s.get("eval_episodes", 10)),
+        dense_input=bool(s.get("dense_input", False)),
+    )
+    summary = result.summary()
+    metrics = {k: float(summary[k]) for k in ("average_final_return", "forgetting", "bwt")}
+    metrics.update({f"final_return_task{j}": v for j, v in enumerate(result.final_returns)})
+    metrics.update({"metric": metrics["average_final_return"],
+                    "metric_name": "average_final_return",
+                    "masks": {k: float(v) for k, v in result.density.items()}})
+    return metrics
+
+
+PREFIXES: dict[str, Workload] = {"cl": run_cl, "rl": run_rl, "rlstream": run_rl_stream}
 NAMED: dict[str, Workload] = {"digits": run_digits}
 
 
@@ -155,7 +184,8 @@ def resolve(name: str) -> Workload:
     if ":" in name and prefix in PREFIXES and name.split(":", 1)[1]:
         return PREFIXES[prefix]
     raise ValueError(
-        f"workload must be one of {sorted(NAMED)} or 'cl:<stream>' / 'rl:<env id>', "
+        f"workload must be one of {sorted(NAMED)} or 'cl:<stream>' / 'rl:<env id>' / "
+        f"'rlstream:<stream>', "
         f"got {name!r}"
     )
 
