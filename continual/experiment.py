@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from continual.metrics import accuracy_matrix_from_avalanche, summarize
 from continual.streams import StreamData, TaskData, load_stream
-from continual.task_masks import TaskMasks, sparsity_without_layers
+from continual.task_masks import TaskMasks
 from sparse_agents.distributions import METHODS, check_sparsity
 from sparse_agents.topology import SparseTopology
 from sparse_agents.updaters import UPDATERS
@@ -158,7 +158,8 @@ def _schedule(stream_data: StreamData, epochs: int, batch_size: int,
 
 def _mask_metrics(source: TaskMasks | SparseTopology | None) -> dict[str, float]:
     """Topology metrics (``{}`` when dense) plus ``masked_density``: the active share of
-    the masked layers alone (``density`` also counts the dense heads)."""
+    the masked layers alone (``density`` also counts layers kept dense, such as the
+    heads under task masks)."""
     if source is None:
         return {}
     out = {k: float(v) for k, v in source.metrics().items()}
@@ -200,9 +201,8 @@ def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution:
                        **dst)
     opt = _optimizer(model.parameters(), **opt_args)
     if updater != "dense" and not task_masks:
-        s = sparsity_without_layers(model, sparsity, distribution, dense_heads, opt)
-        topo = SparseTopology(model, opt, sparsity=s, updater=updater,
-                              distribution=distribution, dense_layers=dense_heads, seed=seed,
+        topo = SparseTopology(model, opt, sparsity=sparsity, updater=updater,
+                              distribution=distribution, exclude_layers=dense_heads, seed=seed,
                               **dst)
     gen = torch.Generator().manual_seed(seed)
     T = data.n_tasks

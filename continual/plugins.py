@@ -37,7 +37,7 @@ with warnings.catch_warnings():
     from avalanche.core import SupervisedPlugin
     from avalanche.models import IncrementalClassifier, MultiHeadClassifier
 
-from continual.task_masks import TaskMasks, sparsity_without_layers  # noqa: E402
+from continual.task_masks import TaskMasks  # noqa: E402
 
 __all__ = ["DSTPlugin", "TaskMaskPlugin", "head_layers"]
 
@@ -102,13 +102,10 @@ class DSTPlugin(SupervisedPlugin):
     def before_training_exp(self, strategy, **kwargs) -> None:
         model = strategy.model
         if self.topology is None:
-            heads = head_layers(model)
-            sparsity = sparsity_without_layers(model, self.sparsity, self.distribution, heads,
-                                               strategy.optimizer)
             self.topology = SparseTopology(
-                model, strategy.optimizer, sparsity=sparsity, updater=self.updater,
-                distribution=self.distribution, dense_layers=heads + self.dense_layers,
-                **self.topology_kwargs)
+                model, strategy.optimizer, sparsity=self.sparsity, updater=self.updater,
+                distribution=self.distribution, dense_layers=self.dense_layers,
+                exclude_layers=head_layers(model), **self.topology_kwargs)
             self._model = model
             return
         if model is not self._model:

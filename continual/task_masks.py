@@ -58,8 +58,8 @@ initialisation); weights no task owns are exactly 0.
 Other frameworks (e.g. an SB3 policy): pass the policy as ``model`` and its optimizer to
 ``start_task``; rollouts of the training task need no switch (the base view is its
 forward); acting in a finished task is ``with tm.use_task(t): policy.predict(obs)``.
-``sparsity_without_layers`` gives :class:`SparseTopology` a sparsity that leaves dense
-heads out of the ER/ERK budget.
+``SparseTopology(exclude_layers=...)`` leaves layers such as heads out of the masks and
+of the ER/ERK budget.
 
 Errors: an unknown task id in ``use_task``/``set_task``/``owned``/``forward_masks`` is a
 ``KeyError``; a task id trained before, ``start_task`` while a task is training,
@@ -97,7 +97,7 @@ from sparse_agents.topology import (
 from sparse_agents.updaters.base import row_topk, topk
 
 __all__ = ["FREE", "OWNER_BUFFER", "STATE_MODULE", "TaskMasks", "density_report",
-           "sparsity_without_layers", "task_densities"]
+           "task_densities"]
 
 #: owner code of a weight no task has claimed
 FREE = -1
@@ -135,35 +135,6 @@ def task_densities(
         )
     scaled = layer_densities(shapes, max(0.0, 1.0 - need), distribution, power=power)
     return [d / n_tasks for d in scaled]
-
-
-def sparsity_without_layers(
-    model: nn.Module,
-    sparsity: float,
-    distribution: str,
-    excluded: Iterable[str | int],
-    optimizer: torch.optim.Optimizer | None = None,
-) -> float:
-    """The ``sparsity`` to give :class:`SparseTopology` so that the layers matched by
-    ``excluded`` (passed to it as ``dense_layers``, e.g. task heads) do not count in
-    its global budget: the other layers then get exactly the ER/ERK densities they
-    would get at ``sparsity`` without the excluded layers. ``uniform`` needs no change.
-    """
-    s = check_sparsity(sparsity)
-    excluded = list(excluded)
-    if distribution == "uniform" or not excluded:
-        return s
-    candidates = find_maskable(model)
-    if optimizer is not None:
-        trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        candidates = [(n, m) for n, m in candidates if id(m.weight) in trained]
-    names = [n for n, _ in candidates]
-    idx = select_layers(excluded, names, "excluded")
-    total = sum(m.weight.numel() for _, m in candidates)
-    held = sum(candidates[i][1].weight.numel() for i in idx)
-    if total == held:
-        return s
-    return max(0.0, 1.0 - ((1.0 - s) * (total - held) + held) / total)
 
 
 def _check_n_tasks(n_tasks: int) -> int:

@@ -86,6 +86,8 @@ def _matches(pattern: str | int, index: int, name: str) -> bool:
 
 
 def select_layers(patterns: Iterable[str | int], names: Sequence[str], what: str) -> set[int]:
+    """Indices of ``names`` matched by ``patterns`` (exact names, regexes or indices);
+    a pattern that matches nothing is a ``ValueError`` naming ``what``."""
     chosen: set[int] = set()
     for pattern in patterns:
         hits = {i for i, n in enumerate(names) if _matches(pattern, i, n)}
@@ -132,6 +134,10 @@ class SparseTopology:
             ``.grad`` is dense until then); ``"backward"`` masks in backward hooks,
             so gradient clipping sees the sparse gradient, and keeps the dense
             gradient aside only before update steps.
+        exclude_layers: layer names, regexes or indices left alone entirely: not
+            masked and not counted in the global budget (e.g. task heads that a
+            continual-learning model adds and replaces). ``dense_layers``, in
+            contrast, are counted as dense in the global sparsity.
     """
 
     def __init__(
@@ -154,6 +160,7 @@ class SparseTopology:
         output_layers: Iterable[str | int] | None = None,
         ablate_output: bool = False,
         grad_masking: str = "step",
+        exclude_layers: Iterable[str | int] = (),
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
         if updater not in UPDATERS:
@@ -183,6 +190,8 @@ class SparseTopology:
         if optimizer is not None:
             trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
             candidates = [(n, m) for n, m in candidates if id(m.weight) in trained]
+        excluded = select_layers(exclude_layers, [n for n, _ in candidates], "exclude_layers")
+        candidates = [c for i, c in enumerate(candidates) if i not in excluded]
         if not candidates:
             raise ValueError(
                 "model has no maskable layer (nn.Linear or nn.Conv1d/2d/3d whose weight "

@@ -322,3 +322,17 @@ def test_restart_runs_the_schedule_again():
     assert topo.n_updates == 2  # step 2 of the restarted schedule
     topo.restart()
     assert topo.step == 0 and topo.n_updates == 0
+
+
+def test_exclude_layers_are_neither_masked_nor_counted():
+    model = mlp()
+    topo = sa.SparseTopology(model, None, sparsity=0.8, updater="set", distribution="erk",
+                             exclude_layers=[r"4"], seed=0)
+    assert not hasattr(model[4], "weight_mask") and "4.weight" not in topo.masks
+    shapes = [tuple(model[i].weight.shape) for i in (0, 2)]
+    want = sa.layer_densities(shapes, 0.8, method="erk")  # as if layer 4 did not exist
+    assert [x.density for x in topo.layers] == pytest.approx(want)
+    kept = sum(int(m.sum()) for m in topo.masks.values())
+    assert abs(kept - 0.2 * sum(a * b for a, b in shapes)) <= 2
+    with pytest.raises(ValueError, match="exclude_layers"):
+        sa.SparseTopology(mlp(), None, exclude_layers=["nope"])
