@@ -47,7 +47,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
-from sparse_agents.sb3.mixin import SparseRuntime, _default_heads, short_layer_names
+from sparse_agents.sb3.mixin import SparseRuntime, default_heads, short_layer_names
 from sparse_agents.sb3.policies import SparseActorCriticPolicy
 from sparse_agents.topology import find_maskable
 from sparse_agents.updaters import UPDATERS
@@ -144,7 +144,7 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
         topts = self._task_options
         trained = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         names = [n for n, m in find_maskable(self) if id(m.weight) in trained]
-        heads = _default_heads(self, names)
+        heads = default_heads(self, names)
         dense = list(opts["dense_layers"])
         output_layers = opts["output_layers"]
         if topts["per_task_heads"]:

@@ -237,7 +237,7 @@ class SparseRuntime:
         dense = _split_patterns(opts["dense_layers"], names, "dense_layers")
         if opts["output_layers"] is None:
             # the heads, or (none found) the topology's default: its last masked layer
-            outputs = [_default_heads(policy, n) or None for n in names]
+            outputs = [default_heads(policy, n) or None for n in names]
         else:
             outputs = _split_patterns(opts["output_layers"], names, "output_layers")
         gamma = opts["gamma_sal"]
@@ -464,7 +464,7 @@ def _optimizers(policy: nn.Module) -> list[tuple[str, torch.optim.Optimizer]]:
     return out
 
 
-def _default_heads(policy: nn.Module, names: list[str]) -> list[str]:
+def default_heads(policy: nn.Module, names: list[str]) -> list[str]:
     """The policy's output layers among ``names``: Linears called action_net,
     value_net, mu, log_std, and the last Linear of Sequentials called q_net, qf<i>, mu."""
     heads = [n for n in names if n.rpartition(".")[2] in _HEAD_LINEARS]
@@ -619,6 +619,7 @@ def make_sparse(policy_class: type, name: str | None = None) -> type:
     return cls
 
 
-def _register(policy_class: type, sparse_class: type) -> None:
+def register_sparse_class(policy_class: type, sparse_class: type) -> None:
+    """Make :func:`make_sparse` return ``sparse_class`` for ``policy_class``."""
     _CACHE[policy_class] = sparse_class
 

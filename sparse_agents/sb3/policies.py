@@ -22,7 +22,7 @@ from stable_baselines3.td3.policies import CnnPolicy as TD3CnnPolicy
 from stable_baselines3.td3.policies import MultiInputPolicy as TD3MultiInputPolicy
 from stable_baselines3.td3.policies import TD3Policy
 
-from sparse_agents.sb3.mixin import SparsePolicyMixin, _register
+from sparse_agents.sb3.mixin import SparsePolicyMixin, register_sparse_class
 
 __all__ = [
     "SparseActorCriticCnnPolicy",
@@ -97,5 +97,5 @@ for _cls in (SparseActorCriticPolicy, SparseActorCriticCnnPolicy,
              SparseDQNMultiInputPolicy, SparseSACPolicy, SparseSACCnnPolicy,
              SparseSACMultiInputPolicy, SparseTD3Policy, SparseTD3CnnPolicy,
              SparseTD3MultiInputPolicy):
-    _register(_cls.__mro__[2], _cls)
+    register_sparse_class(_cls.__mro__[2], _cls)
 del _cls
