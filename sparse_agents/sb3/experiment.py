@@ -196,7 +196,6 @@ def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: 
     itself, wall/training seconds, and ``masks`` (the topology's metrics; ``{}`` dense).
     """
     import numpy as np
-    import torch
 
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -205,8 +204,7 @@ def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: 
     if eval_episodes < 1 or n_evals < 1:
         raise ValueError(f"eval_episodes and n_evals must be >= 1, got {eval_episodes}, "
                          f"{n_evals}")
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+    # the algorithm seeds torch, numpy and random itself (SB3's ``seed=``)
     model, eval_env = make_agent(algo, env_id, updater, sparsity, distribution, seed,
                                  overrides, sparse_options)
     rows: list = []

@@ -78,6 +78,16 @@ def diff_ci(xa: np.ndarray, xb: np.ndarray, paired: bool) -> tuple[float, float]
     return diff, float(stats.t.ppf(0.975, dof) * se)
 
 
+def contrast(ga: pd.DataFrame, gb: pd.DataFrame, metric: str) -> tuple[float, float, bool]:
+    """``metric`` of runs ``ga`` minus runs ``gb``: the difference of means, the
+    half-width of its 95% CI, and whether it was paired (both sides ran the same seeds
+    once each, so per-seed differences are used; else Welch's)."""
+    ga, gb = ga.sort_values("seed"), gb.sort_values("seed")
+    paired = ga["seed"].tolist() == gb["seed"].tolist() and ga["seed"].is_unique
+    diff, half = diff_ci(ga[metric].to_numpy(float), gb[metric].to_numpy(float), paired)
+    return diff, half, paired
+
+
 def compare(df: pd.DataFrame, a: str = "erk", b: str = "uniform",
             metric: str = "metric") -> pd.DataFrame:
     """Per workload x updater x sparsity: mean(a) - mean(b), its 95% CI and whether
@@ -90,13 +100,11 @@ def compare(df: pd.DataFrame, a: str = "erk", b: str = "uniform",
     ok = df[df["status"] == "ok"]
     rows = []
     for (w, u, s), g in ok.groupby(["workload", "updater", "sparsity"]):
-        ga = g[g["distribution"] == a].sort_values("seed")
-        gb = g[g["distribution"] == b].sort_values("seed")
+        ga, gb = g[g["distribution"] == a], g[g["distribution"] == b]
         if not len(ga) or not len(gb):
             continue
-        paired = ga["seed"].tolist() == gb["seed"].tolist() and ga["seed"].is_unique
         xa, xb = ga[metric].to_numpy(float), gb[metric].to_numpy(float)
-        diff, half = diff_ci(xa, xb, paired)
+        diff, half, paired = contrast(ga, gb, metric)
         rows.append({"workload": w, "updater": u, "sparsity": s, f"{a}_mean": xa.mean(),
                      f"{b}_mean": xb.mean(), "diff": diff, "ci95": half,
                      "significant": bool(np.isfinite(half) and abs(diff) > half),
@@ -116,10 +124,8 @@ def best_updater(df: pd.DataFrame, metric: str = "metric") -> pd.DataFrame:
         if len(means) < 2:
             continue
         first, second = means.index[0], means.index[1]
-        ga = g[g["updater"] == first].sort_values("seed")
-        gb = g[g["updater"] == second].sort_values("seed")
-        paired = ga["seed"].tolist() == gb["seed"].tolist() and ga["seed"].is_unique
-        lead, half = diff_ci(ga[metric].to_numpy(float), gb[metric].to_numpy(float), paired)
+        lead, half, paired = contrast(g[g["updater"] == first], g[g["updater"] == second],
+                                      metric)
         rows.append({"workload": w, "distribution": d, "sparsity": s, "best": first,
                      "best_mean": means.iloc[0], "runner_up": second,
                      "runner_up_mean": means.iloc[1], "lead": lead, "ci95": half,
