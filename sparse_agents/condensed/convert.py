@@ -30,11 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from sparse_agents.condensed.layers import CondensedLinear, PaddedCondensedLinear, index_dtype
+from sparse_agents.topology import MASK_BUFFER as MASK
+from sparse_agents.topology import MASKABLE
 
 __all__ = ["ELEMENTWISE", "CondenseReport", "CondenseWarning", "condense", "condense_linear",
            "refresh"]
-
-MASK = "weight_mask"
 
 #: activations (and eval-time no-ops) that act element-wise, so an ablated neuron's
 #: constant output can be folded forward through them
@@ -43,7 +43,9 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.Mish, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardtanh,
     nn.Hardswish, nn.Hardsigmoid, nn.Identity, nn.Dropout, nn.AlphaDropout,
 )
-_MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)
+#: masked layer types that are reported when kept dense-masked (the topology's, plus
+#: Bilinear for masks users add themselves)
+_MASKABLE = (*MASKABLE, nn.Bilinear)
 
 
 class CondenseWarning(UserWarning):
@@ -533,7 +535,7 @@ def condense(model: nn.Module, *, kernel: str = "auto", warn: bool = True) -> nn
             replace.append((parent, attr, chain.build()[0]))
             chains.append(chain)
             done.add(name)
-        elif isinstance(m, _MASKABLE) or isinstance(m, nn.Linear):
+        elif isinstance(m, _MASKABLE):
             why = ("a Linear subclass or a Linear its parent may use directly"
                    if isinstance(m, nn.Linear) else f"{type(m).__name__} is not condensed")
             report.kept.append((name or "<model>", type(m).__name__, why))
