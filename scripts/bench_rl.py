@@ -3,7 +3,7 @@
 
 Tasks (``--tasks``, ``algo:env:timesteps``): PPO on CartPole-v1 and Acrobot-v1 and
 DQN on CartPole-v1 with rl-baselines3-zoo hyperparameters (see
-``sparse_agents.cli.train_agent.HYPERPARAMS``), plus SAC on HalfCheetah-v5 when
+``sparse_agents.sb3.experiment.HYPERPARAMS``), plus SAC on HalfCheetah-v5 when
 ``mujoco`` is importable. Every (task, updater, seed) run trains in its own process
 (a pool of ``--workers``, one torch thread each) through the same code path as
 ``scripts/train_agent.py`` and evaluates the deterministic policy (``--eval-episodes``
@@ -16,6 +16,7 @@ and its ratio to dense), ``curves.png``.
 
     python scripts/bench_rl.py --out results/rl                       # full budget
     python scripts/bench_rl.py --quick --out /tmp/rl                  # smoke run
+    python scripts/bench_rl.py --rollout --out results/rl             # condensed predict
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def overhead(tasks: list[str], updaters: list[str], rounds: int, steps: int,
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-    from sparse_agents.cli.train_agent import make_agent
+    from sparse_agents.sb3.experiment import make_agent
 
     torch.set_num_threads(1)
     out = []
@@ -131,6 +132,60 @@ def overhead(tasks: list[str], updaters: list[str], rounds: int, steps: int,
                         "vs_dense_min": low / base_min, "fused_adam": fused_adam})
             print(f"{algo}-{env} {updater:6s} {med:8.1f} us/step  x{med / base:.3f} "
                   f"(min x{low / base_min:.3f})", flush=True)
+    return out
+
+
+#: (algo, env, updater, net_arch or None for the zoo/SB3 default) for ``--rollout``
+ROLLOUT_CASES = (("ppo", "CartPole-v1", "srigl", None), ("ppo", "CartPole-v1", "set", None),
+                 ("ppo", "CartPole-v1", "srigl", [256, 256]),
+                 ("sac", "Pendulum-v1", "srigl", None), ("dqn", "CartPole-v1", "srigl", None))
+
+
+def rollout_speed(rounds: int, calls: int, batches: tuple[int, ...] = (1, 8, 64)) -> list[dict]:
+    """Time the policy's deterministic ``_predict`` (what ``predict`` and rollout
+    collection run) on the masked dense policy and on its condensed copy, side by side
+    in one process (1 thread, median of ``rounds`` x ``calls`` calls), 90% ERK; and
+    one ``refresh()`` of the copy."""
+    import statistics
+
+    import torch
+
+    from sparse_agents.condensed import condense
+    from sparse_agents.sb3.experiment import make_agent
+
+    torch.set_num_threads(1)
+    out = []
+    for algo, env, updater, arch in ROLLOUT_CASES:
+        over = {"net_arch": arch} if arch else {}
+        model, _ = make_agent(algo, env, updater, 0.9, "erk", 0, overrides=over)
+        policy = model.policy
+        policy.set_training_mode(False)
+        fast = condense(policy, warn=False)
+        first = next(m for m in policy.modules() if isinstance(m, torch.nn.Linear))
+        label = f"{algo.upper()} {env} {updater}, first layer {first.out_features} wide"
+        row = {"policy": label}
+        for batch in batches:
+            obs = torch.as_tensor(
+                [policy.observation_space.sample() for _ in range(batch)]).float()
+            times: dict[str, list[float]] = {"dense": [], "condensed": []}
+            with torch.no_grad():
+                for _ in range(rounds):
+                    for name, net in (("dense", policy), ("condensed", fast)):
+                        start = time.perf_counter()
+                        for _ in range(calls):
+                            net._predict(obs, deterministic=True)
+                        times[name].append((time.perf_counter() - start) / calls)
+            row[f"batch {batch}"] = (statistics.median(times["dense"])
+                                     / statistics.median(times["condensed"]))
+        refresh = []
+        for _ in range(rounds * 4):
+            start = time.perf_counter()
+            fast.refresh()
+            refresh.append(time.perf_counter() - start)
+        row["refresh ms"] = statistics.median(refresh) * 1e3
+        print(" | ".join(f"{k}: {v:.2f}" if isinstance(v, float) else v
+                         for k, v in row.items()), flush=True)
+        out.append(row)
     return out
 
 
@@ -247,7 +302,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="only time train() per optimizer step, in process, interleaved")
     p.add_argument("--rounds", type=int, default=11, help="--overhead rounds")
     p.add_argument("--steps", type=int, default=200, help="--overhead steps per round")
+    p.add_argument("--rollout", action="store_true",
+                   help="only time predict on the masked vs the condensed policy")
     args = p.parse_args(argv)
+    if args.rollout:
+        root = Path(args.out)
+        root.mkdir(parents=True, exist_ok=True)
+        rows = rollout_speed(rounds=5, calls=300)
+        keys = list(rows[0])
+        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else r[k]
+                                    for k in keys) + " |" for r in rows]
+        (root / "rollout.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
     if args.overhead:
         root = Path(args.out)
         root.mkdir(parents=True, exist_ok=True)
