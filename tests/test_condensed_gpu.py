@@ -76,7 +76,9 @@ def test_cuda_refresh_and_cpu_copy_of_gpu_model():
 
 
 def test_triton_kernel_in_the_cpu_interpreter():
-    """The Triton ELL kernel computes the right thing (Triton's CPU interpreter)."""
+    """Every tile of the Triton ELL kernel computes the right thing (Triton's CPU
+    interpreter): masked row and batch edges, the unrolled fan-in tail and padded ELL
+    entries."""
     pytest.importorskip("triton")
     code = textwrap.dedent("""
         import torch
@@ -84,21 +86,30 @@ def test_triton_kernel_in_the_cpu_interpreter():
         from sparse_agents.condensed import CondensedLinear
         from sparse_agents.condensed import kernels as K
         torch.manual_seed(0)
-        lin = nn.Linear(70, 33)
-        m = torch.rand(33, 70) < 0.2
+        lin = nn.Linear(70, 45)
+        m = torch.rand(45, 70) < 0.2  # variable fan-in: padded ELL
         m[3] = False
         lin.register_buffer("weight_mask", m)
         lin.weight.data *= m
         c = CondensedLinear.from_linear(lin, kernel="dense")
         vt, it = c._ell_t()
-        fn = K.make_triton_ell(vt, it, c.bias)
-        for b in (1, 19):
+        default = K.make_triton_ell(vt, it, c.bias)
+        checked = set()
+        for b in (1, 19, 130):
             x = torch.randn(b, 70)
-            torch.testing.assert_close(fn(x), c._build_kernel("dense")(x),
-                                       rtol=1e-5, atol=1e-6)
-        print("ok")
+            ref = c._build_kernel("dense")(x)
+            torch.testing.assert_close(default(x), ref, rtol=1e-5, atol=1e-6)
+            for tile in K._triton_tiles(b):
+                fn = K.make_triton_ell(vt, it, c.bias, tile=tile)
+                y = fn(x)
+                assert y.is_contiguous() and y.shape == ref.shape
+                torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+                checked.add(tile)
+        assert checked == set(K.TRITON_TILES)
+        assert K._triton_tiles(1 << 20)  # a huge batch still gets a tile
+        print("ok", checked)
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=600)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -18,7 +18,8 @@ x[b, indices[i, j]]`` (``j < lengths[i]``) of one condensed layer. The candidate
     per output row, ``out[i, :] += values[i, j] * x.T[indices[i, j], :]`` over the
     whole batch (vectorised along the batch); the fast kernel at larger batches.
 ``triton_ell``
-    a Triton ELLPACK kernel for CUDA tensors (blocks of rows x blocks of batch).
+    a Triton ELLPACK kernel for CUDA tensors (a program per tile of rows x batch
+    columns; the tile is tuned per shape and batch bucket by timing).
 
 Numba and Triton are optional: when they cannot be imported the torch kernels remain.
 The choice is made from a quick measurement the first time a layer sees a batch size
@@ -47,6 +48,7 @@ __all__ = [
     "measure",
     "pick",
     "triton_available",
+    "triton_configs",
 ]
 
 # --------------------------------------------------------------------------- numba
@@ -202,7 +204,20 @@ def make_numba_axpy(values, indices, lengths, bias, parallel: bool) -> Callable:
 
 
 # --------------------------------------------------------------------------- triton
-_TRITON: object = None  # None: not tried; False: unavailable; else the kernel
+#: Tiles the Triton ELL kernel's tuning tries: (BLOCK_N rows, BLOCK_B batch columns,
+#: UNROLL fan-in entries per loop step, warps); tiles wider than the batch are skipped.
+#: Chosen from sweeps of about 60 tiles and grids on an H100 (docs/condensed.md): small
+#: one-warp programs win up to batch 256 (many programs in flight keep L2 busy), 2-4
+#: warp tiles at batch 1024; persistent grids that keep x in L1 always lost.
+TRITON_TILES: tuple[tuple[int, int, int, int], ...] = (
+    (8, 1, 16, 1), (32, 1, 8, 1), (16, 2, 8, 1), (16, 4, 8, 1), (4, 16, 16, 1),
+    (8, 16, 4, 1), (2, 32, 16, 1), (2, 32, 8, 1), (2, 64, 8, 1), (8, 32, 4, 1),
+    (2, 32, 16, 2), (2, 64, 16, 2), (4, 64, 8, 2), (2, 128, 8, 2), (16, 16, 8, 2),
+    (32, 16, 8, 4), (16, 32, 4, 4),
+)
+
+_TRITON: object = None  # None: not tried; False: unavailable; else the jitted kernel
+_TRITON_TUNED: dict[tuple, tuple[tuple[int, int, int, int], float]] = {}
 
 
 def triton_available() -> bool:
@@ -221,68 +236,143 @@ def _triton_kernel():
         _TRITON = False
         return _TRITON
 
-    @triton.jit
-    def ell_kernel(xt_ptr, vt_ptr, it_ptr, bias_ptr, outt_ptr, n, nb, k, nb_bucket,
-                   BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):  # pragma: no cover
-        # xt [in, nb] row-major; vt / it [k, n] (transposed ELL: loads coalesce over
-        # rows); outt [n, nb]. Padded entries have value 0 and index 0.
-        pid_n = tl.program_id(0)
-        pid_b = tl.program_id(1)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    # n and k are not specialised (one compile serves every layer shape); nb is, so
+    # that a batch that is a multiple of 16 gets vectorised loads of x's rows
+    @triton.jit(do_not_specialize=["n", "k"])
+    def ell_kernel(xt_ptr, vt_ptr, it_ptr, bias_ptr, out_ptr, n, nb, k,
+                   BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, UNROLL: tl.constexpr,
+                   WIDE: tl.constexpr):  # pragma: no cover - GPU / interpreter
+        # xt [in, nb] row-major (x transposed: a row of it is one input over the batch);
+        # vt / it [k, n] (transposed ELL: loads coalesce over rows); out [nb, n].
+        # Padded ELL entries have value 0 and index 0. Program (r, b) computes row
+        # block r of batch block b.
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
         mn = rn < n
         mb = rb < nb
+        if WIDE:
+            rb = rb.to(tl.int64)
         acc = tl.zeros((BLOCK_N, BLOCK_B), dtype=tl.float32)
-        for j in range(0, k):
-            v = tl.load(vt_ptr + j * n + rn, mask=mn, other=0.0).to(tl.float32)
-            ix = tl.load(it_ptr + j * n + rn, mask=mn, other=0).to(tl.int64)
-            xv = tl.load(xt_ptr + ix[:, None] * nb + rb[None, :],
-                         mask=mn[:, None] & mb[None, :], other=0.0).to(tl.float32)
-            acc += v[:, None] * xv
+        for j0 in range(0, k, UNROLL):
+            for u in tl.static_range(UNROLL):  # independent gathers in flight
+                j = j0 + u
+                mj = mn & (j < k)
+                if WIDE:
+                    off = j.to(tl.int64) * n + rn
+                else:
+                    off = j * n + rn
+                v = tl.load(vt_ptr + off, mask=mj, other=0.0).to(tl.float32)
+                ix = tl.load(it_ptr + off, mask=mj, other=0)
+                if WIDE:
+                    ix = ix.to(tl.int64)
+                else:
+                    ix = ix.to(tl.int32)
+                xv = tl.load(xt_ptr + ix[:, None] * nb + rb[None, :],
+                             mask=mj[:, None] & mb[None, :], other=0.0)
+                acc += v[:, None] * xv.to(tl.float32)
         acc += tl.load(bias_ptr + rn, mask=mn, other=0.0).to(tl.float32)[:, None]
-        tl.store(outt_ptr + rn[:, None] * nb + rb[None, :],
-                 acc.to(outt_ptr.dtype.element_ty), mask=mn[:, None] & mb[None, :])
+        tl.store(out_ptr + rb[None, :] * n + rn[:, None],
+                 acc.to(out_ptr.dtype.element_ty), mask=mn[:, None] & mb[None, :])
 
-    interpret = bool(os.environ.get("TRITON_INTERPRET"))
-    if interpret:  # the CPU interpreter (tests without a GPU) cannot autotune
-        tuned, fixed = None, {"BLOCK_N": 16, "BLOCK_B": 64}
-    else:  # pragma: no cover - needs a GPU
-        configs = [
-            triton.Config({"BLOCK_N": bn, "BLOCK_B": bb}, num_warps=nw)
-            for bn, bb, nw in [(16, 64, 4), (32, 64, 4), (16, 128, 4), (32, 128, 8),
-                               (64, 64, 8), (8, 256, 8), (64, 32, 4), (8, 32, 2)]
-        ]
-        # tuned once per (rows, batch-size bucket, fan-in), not per batch size
-        tuned = triton.autotune(configs=configs, key=["n", "nb_bucket", "k"])(ell_kernel)
-        fixed = None
-
-    def launch(xt, vt, it, bias, outt):
-        n, nb = outt.shape
-        k = vt.shape[0]
-        if tuned is None:
-            grid = (triton.cdiv(n, fixed["BLOCK_N"]), triton.cdiv(nb, fixed["BLOCK_B"]))
-            ell_kernel[grid](xt, vt, it, bias, outt, n, nb, k, batch_bucket(nb), **fixed)
-            return
-
-        def grid(meta):  # pragma: no cover - needs a GPU
-            return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(nb, meta["BLOCK_B"]))
-
-        tuned[grid](xt, vt, it, bias, outt, n, nb, k, batch_bucket(nb))  # pragma: no cover
-
-    _TRITON = launch
+    _TRITON = ell_kernel
     return _TRITON
 
 
-def make_triton_ell(values_t, indices_t, bias) -> Callable:
-    """CUDA kernel over the transposed ELL layout ``values_t / indices_t [k, n]``."""
-    launch = _triton_kernel()
-    n = values_t.shape[1]
+def _triton_grid(n: int, nb: int, tile: tuple[int, int, int, int]) -> tuple[int, int]:
+    return -(-n // tile[0]), -(-nb // tile[1])
+
+
+def _triton_tiles(nb: int) -> list[tuple[int, int, int, int]]:
+    """Tiles worth trying for batch size ``nb``: none much wider than the batch, none
+    so narrow that the batch needs more than 64 of them."""
+    cap = max(1, 1 << (max(1, nb) - 1).bit_length())
+    fits = [t for t in TRITON_TILES if cap // 64 <= t[1] <= cap]
+    widest = max(t[1] for t in TRITON_TILES)
+    return fits or [t for t in TRITON_TILES if t[1] == widest]
+
+
+def triton_configs() -> dict[tuple, dict]:
+    """The Triton ELL kernel's tuned tiles: key -> tile, seconds per call."""
+    return {key: {"tile": dict(zip(("BLOCK_N", "BLOCK_B", "UNROLL", "num_warps"), tile,
+                                   strict=True)), "seconds": t}
+            for key, (tile, t) in _TRITON_TUNED.items()}
+
+
+def _time_cuda(fn: Callable[[], None], reps: int = 20, rounds: int = 3) -> float:
+    """Median seconds per call of ``fn`` (CUDA events)."""
+    times = []
+    for _ in range(rounds):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) / 1e3 / reps)
+    return float(np.median(times))
+
+
+def make_triton_ell(values_t, indices_t, bias, *,
+                    tile: tuple[int, int, int, int] | None = None) -> Callable:
+    """CUDA kernel over the transposed ELL layout ``values_t / indices_t [k, n]``.
+
+    The tile is tuned once per (rows, fan-in, batch bucket, dtypes) by timing every
+    tile of :data:`TRITON_TILES` that fits the batch (:func:`triton_configs`);
+    ``tile=`` forces one.
+    """
+    kernel = _triton_kernel()
+    k, n = values_t.shape
+    interpret = bool(os.environ.get("TRITON_INTERPRET"))
+    launches: dict[int, Callable[[torch.Tensor, torch.Tensor], None]] = {}
+
+    def bind(x: torch.Tensor, tile: tuple[int, int, int, int]):
+        nb = x.shape[0]
+        meta = dict(BLOCK_N=tile[0], BLOCK_B=tile[1], UNROLL=tile[2],
+                    WIDE=max(x.shape[1] * nb, n * nb, k * n) >= 2**31)
+        if not interpret:
+            meta["num_warps"] = tile[3]
+        launch_k = kernel[_triton_grid(n, nb, tile)]
+
+        def launch(xt, out):
+            launch_k(xt, values_t, indices_t, bias, out, n, nb, k, **meta)
+        return launch
+
+    def launcher(x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        if tile is not None:
+            return bind(x, tile)
+        key = (x.device.index, n, k, batch_bucket(x.shape[0]), x.dtype, values_t.dtype,
+               indices_t.dtype)
+        if key not in _TRITON_TUNED:
+            tiles = _triton_tiles(x.shape[0])
+            if interpret:  # the CPU interpreter cannot time anything
+                _TRITON_TUNED[key] = (tiles[0], float("nan"))
+            else:  # pragma: no cover - needs a GPU
+                xt = x.t().contiguous()
+                out = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
+                best: tuple = (None, float("inf"))
+                for t in tiles:
+                    try:
+                        launch = bind(x, t)
+                        launch(xt, out)  # compile
+                        secs = _time_cuda(lambda launch=launch: launch(xt, out))
+                    except Exception as err:  # a tile this GPU cannot compile
+                        warnings.warn(f"Triton ELL tile {t} failed: {err}",
+                                      RuntimeWarning, stacklevel=4)
+                        continue
+                    if secs < best[1]:
+                        best = (t, secs)
+                if best[0] is None:
+                    raise RuntimeError("no Triton ELL tile compiled on this device")
+                _TRITON_TUNED[key] = best
+        return bind(x, _TRITON_TUNED[key][0])
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        xt = x.t().contiguous()
-        outt = torch.empty((n, x.shape[0]), dtype=x.dtype, device=x.device)
-        launch(xt, values_t, indices_t, bias, outt)
-        return outt.t()
+        launch = launches.get(x.shape[0])
+        if launch is None:
+            launch = launches[x.shape[0]] = launcher(x)
+        out = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
+        launch(x.t().contiguous(), out)
+        return out
 
     return run
 
@@ -317,6 +407,7 @@ def clear_kernel_cache() -> None:
     """Forget every measured choice (layers re-measure at their next call)."""
     _CHOICES.clear()
     _TIMINGS.clear()
+    _TRITON_TUNED.clear()
 
 
 def cached_choice(key: tuple) -> str | None:

@@ -339,7 +339,7 @@ class CondensedLinear(nn.Module):
         where one is owed (so that the automatic choice measures that copy too)."""
         fn = self._raw_kernel(name)
         if self.contiguous_output and self._identity_rows and name not in (
-                "dense", "gather", "numba_rows", "numba_rows_serial"):
+                "dense", "gather", "numba_rows", "numba_rows_serial", "triton_ell"):
             raw = fn
 
             def fn(x):
