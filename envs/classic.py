@@ -21,6 +21,7 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 from envs.streams import NAMESPACE, TaskStream, register_stream
+from envs.wrappers import TaskInfo
 
 __all__ = ["STREAMS", "AcrobotTask", "CartPoleTask", "PendulumTask"]
 
@@ -38,21 +39,7 @@ def _task_id(task_id: int) -> int:
     return task_id
 
 
-class _TaskInfo:
-    """Adds ``info["task_id"]`` to reset and step (mixed in before the env class)."""
-
-    task_id: int
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        obs, info = super().reset(seed=seed, options=options)
-        return obs, {**info, "task_id": self.task_id}
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = super().step(action)
-        return obs, reward, terminated, truncated, {**info, "task_id": self.task_id}
-
-
-class CartPoleTask(_TaskInfo, CartPoleEnv):
+class CartPoleTask(TaskInfo, CartPoleEnv):
     """CartPole-v1 with changed physics (defaults are gymnasium's)."""
 
     def __init__(self, task_id: int = 0, gravity: float = 9.8, length: float = 0.5,
@@ -74,7 +61,7 @@ class CartPoleTask(_TaskInfo, CartPoleEnv):
         self.polemass_length = self.masspole * self.length
 
 
-class AcrobotTask(_TaskInfo, AcrobotEnv):
+class AcrobotTask(TaskInfo, AcrobotEnv):
     """Acrobot-v1 with changed link masses (defaults 1 kg each)."""
 
     def __init__(self, task_id: int = 0, link_mass_1: float = 1.0, link_mass_2: float = 1.0,
@@ -86,7 +73,7 @@ class AcrobotTask(_TaskInfo, AcrobotEnv):
         self.LINK_MASS_2 = _positive("link_mass_2", link_mass_2)
 
 
-class PendulumTask(_TaskInfo, PendulumEnv):
+class PendulumTask(TaskInfo, PendulumEnv):
     """Pendulum-v1 with changed gravity ``g`` and mass ``m`` (defaults 10.0, 1.0)."""
 
     def __init__(self, task_id: int = 0, g: float = 10.0, m: float = 1.0,

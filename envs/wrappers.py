@@ -6,10 +6,26 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["TaskOneHot"]
+__all__ = ["TaskInfo", "TaskOneHot"]
 
 
-class TaskOneHot(gymnasium.ObservationWrapper, gymnasium.utils.RecordConstructorArgs):
+class TaskInfo:
+    """Adds ``info["task_id"]`` to reset and step (mixed in before an env or wrapper
+    class whose instances have a ``task_id``)."""
+
+    task_id: int
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = super().reset(seed=seed, options=options)
+        return obs, {**info, "task_id": self.task_id}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "task_id": self.task_id}
+
+
+class TaskOneHot(TaskInfo, gymnasium.ObservationWrapper,
+                 gymnasium.utils.RecordConstructorArgs):
     """Append a one-hot encoding of ``task_id`` (length ``n_tasks``) to a flat ``Box``
     observation. The observation space gets bounds ``[0, 1]`` for the new entries and
     keeps the original dtype; ``info["task_id"]`` is set on reset and step.
@@ -45,11 +61,3 @@ class TaskOneHot(gymnasium.ObservationWrapper, gymnasium.utils.RecordConstructor
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(observation, dtype=self.observation_space.dtype),
                                self._one_hot])
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        obs, info = super().reset(seed=seed, options=options)
-        return obs, {**info, "task_id": self.task_id}
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = super().step(action)
-        return obs, reward, terminated, truncated, {**info, "task_id": self.task_id}
