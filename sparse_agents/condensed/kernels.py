@@ -203,6 +203,16 @@ def make_numba_axpy(values, indices, lengths, bias, parallel: bool) -> Callable:
     return run
 
 
+# --------------------------------------------------------------------------- csr
+def make_csr(csr: torch.Tensor, bias: torch.Tensor) -> Callable:
+    """``x @ W.T + bias`` for a ``torch.sparse`` CSR weight ``W [n, in]`` (MKL on CPU,
+    cuSPARSE on CUDA); the result is a transposed view."""
+    bias_col = bias[:, None]
+    if csr.is_cuda:  # cuSPARSE SpMM; addmm with a broadcast bias is a CPU path
+        return lambda x: (torch.mm(csr, x.t()) + bias_col).t()
+    return lambda x: torch.addmm(bias_col, csr, x.t()).t()
+
+
 # --------------------------------------------------------------------------- triton
 #: Tiles the Triton ELL kernel's tuning tries: (BLOCK_N rows, BLOCK_B batch columns,
 #: UNROLL fan-in entries per loop step, warps); tiles wider than the batch are skipped.
@@ -298,48 +308,37 @@ def triton_configs() -> dict[tuple, dict]:
             for key, (tile, t) in _TRITON_TUNED.items()}
 
 
-def _time_cuda(fn: Callable[[], None], reps: int = 20, rounds: int = 3) -> float:
-    """Median seconds per call of ``fn`` (CUDA events)."""
-    times = []
-    for _ in range(rounds):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) / 1e3 / reps)
-    return float(np.median(times))
-
-
 def make_triton_ell(values_t, indices_t, bias, *,
                     tile: tuple[int, int, int, int] | None = None) -> Callable:
     """CUDA kernel over the transposed ELL layout ``values_t / indices_t [k, n]``.
 
     The tile is tuned once per (rows, fan-in, batch bucket, dtypes) by timing every
-    tile of :data:`TRITON_TILES` that fits the batch (:func:`triton_configs`);
-    ``tile=`` forces one.
+    tile of :data:`TRITON_TILES` that fits the batch with :func:`measure`
+    (:func:`triton_configs`); ``tile=`` forces one.
     """
     kernel = _triton_kernel()
     k, n = values_t.shape
     interpret = bool(os.environ.get("TRITON_INTERPRET"))
-    launches: dict[int, Callable[[torch.Tensor, torch.Tensor], None]] = {}
+    runs: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
 
-    def bind(x: torch.Tensor, tile: tuple[int, int, int, int]):
+    def tiled(x: torch.Tensor, t: tuple[int, int, int, int]) -> Callable:
+        """The kernel with tile ``t``, for inputs shaped like ``x``."""
         nb = x.shape[0]
-        meta = dict(BLOCK_N=tile[0], BLOCK_B=tile[1], UNROLL=tile[2],
+        meta = dict(BLOCK_N=t[0], BLOCK_B=t[1], UNROLL=t[2],
                     WIDE=max(x.shape[1] * nb, n * nb, k * n) >= 2**31)
         if not interpret:
-            meta["num_warps"] = tile[3]
-        launch_k = kernel[_triton_grid(n, nb, tile)]
+            meta["num_warps"] = t[3]
+        launch = kernel[_triton_grid(n, nb, t)]
 
-        def launch(xt, out):
-            launch_k(xt, values_t, indices_t, bias, out, n, nb, k, **meta)
-        return launch
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            out = torch.empty((nb, n), dtype=x.dtype, device=x.device)
+            launch(x.t().contiguous(), values_t, indices_t, bias, out, n, nb, k, **meta)
+            return out
+        return fn
 
-    def launcher(x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    def launcher(x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         if tile is not None:
-            return bind(x, tile)
+            return tiled(x, tile)
         key = (x.device.index, n, k, batch_bucket(x.shape[0]), x.dtype, values_t.dtype,
                indices_t.dtype)
         if key not in _TRITON_TUNED:
@@ -347,32 +346,18 @@ def make_triton_ell(values_t, indices_t, bias, *,
             if interpret:  # the CPU interpreter cannot time anything
                 _TRITON_TUNED[key] = (tiles[0], float("nan"))
             else:  # pragma: no cover - needs a GPU
-                xt = x.t().contiguous()
-                out = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
-                best: tuple = (None, float("inf"))
-                for t in tiles:
-                    try:
-                        launch = bind(x, t)
-                        launch(xt, out)  # compile
-                        secs = _time_cuda(lambda launch=launch: launch(xt, out))
-                    except Exception as err:  # a tile this GPU cannot compile
-                        warnings.warn(f"Triton ELL tile {t} failed: {err}",
-                                      RuntimeWarning, stacklevel=4)
-                        continue
-                    if secs < best[1]:
-                        best = (t, secs)
-                if best[0] is None:
-                    raise RuntimeError("no Triton ELL tile compiled on this device")
-                _TRITON_TUNED[key] = best
-        return bind(x, _TRITON_TUNED[key][0])
+                by_name = {str(t): t for t in tiles}
+                times = measure({name: tiled(x, t) for name, t in by_name.items()}, x,
+                                reference=None)
+                best = min(times, key=times.get)
+                _TRITON_TUNED[key] = (by_name[best], times[best])
+        return tiled(x, _TRITON_TUNED[key][0])
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        launch = launches.get(x.shape[0])
-        if launch is None:
-            launch = launches[x.shape[0]] = launcher(x)
-        out = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
-        launch(x.t().contiguous(), out)
-        return out
+        fn = runs.get(x.shape[0])
+        if fn is None:
+            fn = runs[x.shape[0]] = launcher(x)
+        return fn(x)
 
     return run
 

@@ -351,10 +351,7 @@ class CondensedLinear(nn.Module):
             w, b = self._dense_weight(), self.bias
             return lambda x: F.linear(x, w, b)
         if name == "csr":
-            csr, bc = self._csr_weight(), self.bias[:, None]
-            if self.values.is_cuda:  # cuSPARSE SpMM; broadcasting addmm is a CPU path
-                return lambda x: (torch.mm(csr, x.t()) + bc).t()
-            return lambda x: torch.addmm(bc, csr, x.t()).t()
+            return K.make_csr(self._csr_weight(), self.bias)
         if name == "gather":
             idx, v, b = self.indices.long(), self.values, self.bias
             return lambda x: (x[:, idx] * v).sum(-1) + b
