@@ -1,8 +1,9 @@
-"""Continual learning with DST: Avalanche plugins, per-task masks, offline streams.
+"""Continual learning with DST: Avalanche plugins and sparsity metrics, per-task masks,
+offline streams.
 
-``from continual import DSTPlugin, TaskMaskPlugin`` imports Avalanche (4-5 s) on first
-use only; :class:`TaskMasks`, the tensor streams and :func:`run_experiment` need only
-torch.
+``from continual import DSTPlugin, TaskMaskPlugin, sparsity_metrics`` imports Avalanche
+(4-5 s) on first use only; :class:`TaskMasks`, the tensor streams and
+:func:`run_experiment` need only torch.
 """
 
 from __future__ import annotations
@@ -11,20 +12,26 @@ from importlib import import_module
 
 __all__ = [
     "DSTPlugin",
+    "SparsityPluginMetric",
     "TaskMaskPlugin",
     "TaskMasks",
+    "flops_metrics",
     "load_stream",
     "make_benchmark",
     "permuted_digits",
     "rotated_digits",
     "run_experiment",
+    "sparsity_metrics",
     "split_digits",
 ]
 
 _LAZY = {
-    "DSTPlugin": "continual.plugins",
-    "TaskMaskPlugin": "continual.plugins",
-    "TaskMasks": "continual.task_masks",
+    "DSTPlugin": "sparse_agents.avalanche.plugins",
+    "TaskMaskPlugin": "sparse_agents.avalanche.plugins",
+    "SparsityPluginMetric": "sparse_agents.avalanche.metrics",
+    "flops_metrics": "sparse_agents.avalanche.metrics",
+    "sparsity_metrics": "sparse_agents.avalanche.metrics",
+    "TaskMasks": "sparse_agents.task_masks",
     "load_stream": "continual.streams",
     "make_benchmark": "continual.streams",
     "permuted_digits": "continual.streams",

@@ -17,26 +17,28 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from continual.experiment import ENGINES, OPTIMIZERS, STRATEGIES, run_experiment
 from continual.streams import STREAMS
+from sparse_agents.distributions import METHODS
+from sparse_agents.updaters import updater_names
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from continual.experiment import ENGINES, OPTIMIZERS, STRATEGIES, UPDATER_CHOICES
-
     p = argparse.ArgumentParser(
-        prog="run_stream",
+        prog="sparse-cl-stream",
         description="Train a continual-learning stream with (sparse) DST and report "
-                    "accuracy matrix, average accuracy, forgetting and BWT.")
+                    "accuracy matrix, average accuracy, forgetting and BWT.",
+        epilog="Each run trains from scratch and overwrites the files in --out.")
     p.add_argument("--stream", required=True,
                    help=f"stream name: {', '.join(STREAMS)} (aliases like mnist-split work)")
     p.add_argument("--strategy", default="naive", choices=STRATEGIES)
-    p.add_argument("--updater", default="srigl", choices=UPDATER_CHOICES,
+    p.add_argument("--updater", default="srigl", choices=updater_names(dense=True),
                    help="DST updater, or 'dense' for no sparsity")
     p.add_argument("--sparsity", type=float, default=0.9,
                    help="in [0, 1); with task masks, the share each task does not claim")
-    p.add_argument("--distribution", default="erk", choices=("erk", "uniform", "er"))
+    p.add_argument("--distribution", default="erk", choices=METHODS)
     p.add_argument("--task-masks", action=argparse.BooleanOptionalAction, default=True,
                    help="per-task masks (default) or DST over the whole stream")
     p.add_argument("--transfer", action=argparse.BooleanOptionalAction, default=True,
@@ -77,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from rich.table import Table
 
-    from continual.experiment import run_experiment
 
     if args.threads:
         torch.set_num_threads(args.threads)

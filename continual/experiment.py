@@ -6,7 +6,7 @@ BWT (:mod:`continual.metrics`).
 
 Models: an MLP ``in-256-256`` backbone (a small CNN for CIFAR) with one dense head per
 task label on task-incremental streams (Avalanche ``MultiHeadClassifier``), one shared
-head on class-incremental ones. Heads are never masked (see :mod:`continual.plugins`).
+head on class-incremental ones. Heads are never masked (see :mod:`sparse_agents.avalanche.plugins`).
 
 Engines (``engine=`` keyword):
 
@@ -29,7 +29,6 @@ share each task keeps, ``updater`` and ``task_masks`` do not apply.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -42,16 +41,17 @@ from torch import Tensor, nn
 
 from continual.metrics import accuracy_matrix_from_avalanche, summarize
 from continual.streams import StreamData, TaskData, load_stream
-from continual.task_masks import TaskMasks
 from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.experiments.results import write_matrix_outputs
+from sparse_agents.schedules import UpdateSchedule
+from sparse_agents.task_masks import TaskMasks
 from sparse_agents.topology import SparseTopology
-from sparse_agents.updaters import UPDATERS
+from sparse_agents.updaters import DENSE, get_updater, updater_names
 
-__all__ = ["STRATEGIES", "UPDATER_CHOICES", "build_backbone", "run_experiment",
+__all__ = ["STRATEGIES", "build_backbone", "run_experiment",
            "write_outputs"]
 
 STRATEGIES = ("naive", "ewc", "replay", "packnet")
-UPDATER_CHOICES = ("dense", *UPDATERS)
 ENGINES = ("auto", "torch", "avalanche")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HEADS = r"heads\..*"
@@ -113,8 +113,7 @@ def _check_args(stream_data: StreamData, strategy: str, updater: str, distributi
                 task_masks: bool, epochs: int, engine: str, optimizer: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if updater not in UPDATER_CHOICES:
-        raise ValueError(f"updater must be one of {UPDATER_CHOICES}, got {updater!r}")
+    get_updater(updater, dense=True)
     if distribution not in METHODS:
         raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
     if engine not in ENGINES:
@@ -131,9 +130,9 @@ def _check_args(stream_data: StreamData, strategy: str, updater: str, distributi
                              f"not {stream_data.name!r}")
         return
     if task_masks:
-        if updater == "dense":
+        if updater == DENSE:
             raise ValueError("updater='dense' has no masks: pass task_masks=False, or an "
-                             f"updater in {tuple(UPDATERS)}")
+                             f"updater in {updater_names()}")
         if not stream_data.task_incremental:
             raise ValueError(f"task_masks=True needs task labels at test time; "
                              f"{stream_data.name!r} is class-incremental: use task_masks=False")
@@ -147,8 +146,11 @@ def _schedule(stream_data: StreamData, epochs: int, batch_size: int,
     """DST schedule per task: ``delta_t`` ~ steps/8, ``t_end`` 0.75 of a task's steps."""
     n = min(len(t.y_train) for t in stream_data.tasks)
     steps = epochs * math.ceil(n / batch_size)
-    delta_t = kw.pop("delta_t", None) or max(1, steps // 8)
-    t_end = kw.pop("t_end", None) or max(delta_t + 1, int(0.75 * steps))
+    delta_t = kw.pop("delta_t", None)
+    delta_t = max(1, steps // 8) if delta_t is None else delta_t
+    t_end = kw.pop("t_end", None)
+    t_end = max(int(delta_t) + 1, int(0.75 * steps)) if t_end is None else t_end
+    UpdateSchedule(delta_t, t_end)  # ValueError naming delta_t / t_end and their range
     out = {"delta_t": int(delta_t), "t_end": int(t_end)}
     for key in ("drop_fraction", "schedule", "gamma_sal", "grad_masking"):
         if key in kw:
@@ -195,12 +197,12 @@ def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution:
     dense_heads = [HEADS] if multi else [r"head"]
     tm: TaskMasks | None = None
     topo: SparseTopology | None = None
-    if updater != "dense" and task_masks:
+    if updater != DENSE and task_masks:
         tm = TaskMasks(model, sparsity, updater, distribution, transfer, seed,
                        n_tasks=data.n_tasks, overflow=overflow, dense_layers=dense_heads,
                        **dst)
     opt = _optimizer(model.parameters(), **opt_args)
-    if updater != "dense" and not task_masks:
+    if updater != DENSE and not task_masks:
         topo = SparseTopology(model, opt, sparsity=sparsity, updater=updater,
                               distribution=distribution, exclude_layers=dense_heads, seed=seed,
                               **dst)
@@ -270,8 +272,8 @@ def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: f
         from avalanche.training.determinism.rng_manager import RNGManager
         from avalanche.training.plugins import EvaluationPlugin
 
-        from continual.plugins import DSTPlugin, TaskMaskPlugin
         from continual.streams import to_benchmark
+        from sparse_agents.avalanche.plugins import DSTPlugin, TaskMaskPlugin
 
     class AvalancheMultiHead(MultiTaskModule):
         def __init__(self, backbone: nn.Module) -> None:
@@ -308,7 +310,7 @@ def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: f
         model = SingleHeadNet(backbone, hidden, data.n_classes)
     opt = _optimizer(model.parameters(), **opt_args)
     sparse_plugin = None
-    if strategy != "packnet" and updater != "dense":
+    if strategy != "packnet" and updater != DENSE:
         if task_masks:
             sparse_plugin = TaskMaskPlugin(sparsity, updater, distribution, transfer,
                                            n_tasks=data.n_tasks, overflow=overflow, seed=seed,
@@ -459,44 +461,10 @@ def run_experiment(
 
 def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
     """Write ``accuracy_matrix.csv``, ``summary.json`` and ``heatmap.png`` into ``out``."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    matrix = result["accuracy_matrix"]
-    n = len(matrix[0])
-    lines = ["after_task," + ",".join(f"task_{j}" for j in range(n))]
-    for i, row in enumerate(matrix):
-        lines.append(f"{i}," + ",".join("" if v is None else f"{v:.6f}" for v in row))
-    paths = {"csv": folder / "accuracy_matrix.csv", "json": folder / "summary.json",
-             "png": folder / "heatmap.png"}
-    paths["csv"].write_text("\n".join(lines) + "\n")
-    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True))
-    _heatmap(matrix, result, paths["png"])
-    return paths
-
-
-def _heatmap(matrix: list[list[float | None]], result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * m.shape[1], 1.0 + 0.6 * m.shape[0]))
-    im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis")
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if not np.isnan(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if m[i, j] < 0.6 else "black")
-    ax.set_xlabel("evaluated task")
-    ax.set_ylabel("after training task")
-    ax.set_xticks(range(m.shape[1]))
-    ax.set_yticks(range(m.shape[0]))
     masks = " task-masks" if result.get("task_masks") else ""
-    ax.set_title(f"{result.get('stream')} {result.get('strategy')} {result.get('updater')}"
-                 f"{masks} s={result.get('sparsity')}\navg {result['avg_accuracy']:.3f} "
-                 f"forgetting {result['forgetting']:.3f}", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = (f"{result.get('stream')} {result.get('strategy')} {result.get('updater')}"
+             f"{masks} s={result.get('sparsity')}: avg {result['avg_accuracy']:.3f}, "
+             f"forgetting {result['forgetting']:.3f}")
+    return write_matrix_outputs(out, result["accuracy_matrix"], result,
+                                csv_name="accuracy_matrix.csv", png_name="heatmap.png",
+                                value="accuracy", title=title, digits=6, value_range=(0.0, 1.0))

@@ -1,112 +1,14 @@
 #!/usr/bin/env python
 """Continual-learning benchmark: per-task masks vs dense and sparse baselines.
 
-Streams split-digits (task-incremental) and permuted-digits, 5 tasks, 2 epochs per
-task, 3 seeds; methods, all on Avalanche strategies (``engine="avalanche"``):
-
-* ``TaskMask+SRigL``: ``Naive`` + :class:`TaskMaskPlugin` (SRigL, ERK), at each sparsity
-* ``Naive+SRigL``: ``Naive`` + :class:`DSTPlugin` (DST over the whole stream)
-* ``PackNet``: ``Naive`` + Avalanche's ``PackNetPlugin`` (each task keeps 1 - sparsity)
-* ``Naive dense`` and ``EWC dense`` (lambda 100): no sparsity
-
-Prints mean +- std over seeds of average accuracy, forgetting and BWT, and the largest
-|forgetting| of the task-mask runs (which must be exactly 0)::
-
     python scripts/bench_cl.py                       # the full table (~3 min, 2 cores)
     python scripts/bench_cl.py --seeds 0 --sparsities 0.9 --out runs/bench_cl
+
+With ``--out``, writes results.json and table.md there (re-running overwrites them). The
+logic lives in :mod:`sparse_agents.experiments.bench.cl`.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import time
-from pathlib import Path
-
-import numpy as np
-import torch
-
-from continual.experiment import run_experiment
-
-METHODS = {
-    "TaskMask+SRigL": dict(strategy="naive", updater="srigl", task_masks=True, sparse=True),
-    "Naive+SRigL": dict(strategy="naive", updater="srigl", task_masks=False, sparse=True),
-    "PackNet": dict(strategy="packnet", updater="dense", task_masks=False, sparse=True),
-    "Naive dense": dict(strategy="naive", updater="dense", task_masks=False, sparse=False),
-    "EWC dense": dict(strategy="ewc", updater="dense", task_masks=False, sparse=False),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--streams", nargs="+", default=["split-digits", "permuted-digits"])
-    p.add_argument("--sparsities", nargs="+", type=float, default=[0.8, 0.95])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--engine", default="avalanche", choices=("avalanche", "auto"))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="folder for results.json and table.md")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    rows = []
-    start = time.perf_counter()
-    for stream in args.streams:
-        for name in args.methods:
-            spec = dict(METHODS[name])
-            sparse = spec.pop("sparse")
-            for sparsity in (args.sparsities if sparse else [0.0]):
-                runs = []
-                for seed in args.seeds:
-                    r = run_experiment(stream, sparsity=sparsity, epochs=args.epochs, seed=seed,
-                                       engine=args.engine, **spec)
-                    runs.append(r)
-                acc = np.array([r["avg_accuracy"] for r in runs])
-                fgt = np.array([r["forgetting"] for r in runs])
-                bwt = np.array([r["bwt"] for r in runs])
-                row = {"stream": stream, "method": name,
-                       "sparsity": sparsity if sparse else None,
-                       "avg_accuracy": float(acc.mean()), "avg_accuracy_std": float(acc.std()),
-                       "forgetting": float(fgt.mean()), "forgetting_std": float(fgt.std()),
-                       "max_abs_forgetting": float(np.abs(fgt).max()),
-                       "bwt": float(bwt.mean()),
-                       "seconds_per_run": float(np.mean([r["wall_time"] for r in runs])),
-                       "seeds": list(args.seeds)}
-                rows.append(row)
-                print(f"{stream:16s} {name:15s} s={'-' if not sparse else sparsity:<5} "
-                      f"acc {row['avg_accuracy']:.3f}+-{row['avg_accuracy_std']:.3f} "
-                      f"forgetting {row['forgetting']:+.4f} ({row['seconds_per_run']:.1f}s/run)",
-                      flush=True)
-    table = render(rows)
-    print()
-    print(table)
-    masks = [r for r in rows if r["method"] == "TaskMask+SRigL"]
-    if masks:
-        worst = max(r["max_abs_forgetting"] for r in masks)
-        print(f"\nTaskMask+SRigL: largest |forgetting| over all runs = {worst!r} "
-              f"({'exactly 0' if worst == 0.0 else 'NOT 0'})")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(rows, indent=2))
-        (out / "table.md").write_text(table + "\n")
-    return 0
-
-
-def render(rows: list[dict]) -> str:
-    """Markdown table of the benchmark rows."""
-    lines = ["| stream | method | sparsity | avg accuracy | forgetting | BWT | s/run |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        s = "dense" if r["sparsity"] is None else f"{r['sparsity']:.2f}"
-        lines.append(
-            f"| {r['stream']} | {r['method']} | {s} | {r['avg_accuracy']:.3f} ± "
-            f"{r['avg_accuracy_std']:.3f} | {r['forgetting']:.4f} ± {r['forgetting_std']:.4f} "
-            f"| {r['bwt']:+.4f} | {r['seconds_per_run']:.1f} |")
-    return "\n".join(lines)
-
+from sparse_agents.experiments.bench.cl import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,7 +1,6 @@
-"""Launch one condensed (or dense) 3072->768 layer a few times, for a GPU profiler;
-or, with ``--sweep``, time every Triton ELL tile against dense and CSR.
-
-Run it under Nsight Compute to see what bounds the Triton ELL kernel:
+#!/usr/bin/env python
+"""Launch one condensed (or dense) layer a few times for a GPU profiler, or time every
+Triton ELL tile against dense and CSR.
 
     ncu --clock-control none -k regex:ell_kernel -s 2 -c 1 \\
         --metrics gpu__time_duration.sum,lts__t_bytes.sum.per_second,... \\
@@ -9,75 +8,10 @@ Run it under Nsight Compute to see what bounds the Triton ELL kernel:
 
     python scripts/profile_condensed_gpu.py --sweep --batch 256   # every tile, timed
 
-Without ``--tile`` the tile is tuned first, and its tuning launches come before the
-layer's own: give ``--tile`` (the tuned choice is printed at the end) to profile a
-known tile from the third launch.
+Writes no files. The logic lives in :mod:`sparse_agents.experiments.bench.profile_gpu`.
 """
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_condensed import SHAPES, csr_baseline, masked_linear  # noqa: E402
-
-from sparse_agents.condensed import CondensedLinear  # noqa: E402
-from sparse_agents.condensed import kernels as K  # noqa: E402
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", default="vit_mlp_3072x768", choices=list(SHAPES))
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--sparsity", type=float, default=0.9)
-    p.add_argument("--kernel", default="triton_ell", choices=["triton_ell", "dense", "masked"],
-                   help="masked: the masked dense nn.Linear (the baseline)")
-    p.add_argument("--tile", default=None, help="force a Triton tile, e.g. 2,64,8,1")
-    p.add_argument("--launches", type=int, default=5)
-    p.add_argument("--sweep", action="store_true",
-                   help="time every tile of kernels.TRITON_TILES that fits the batch, "
-                        "with dense and CSR, side by side (kernels.measure)")
-    args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("needs CUDA", file=sys.stderr)
-        return 2
-    n_in, n_out = SHAPES[args.shape]
-    lin = masked_linear(n_in, n_out, args.sparsity, "constant", 0).cuda()
-    x = torch.randn(args.batch, n_in, device="cuda")
-    if args.sweep:
-        layer = CondensedLinear.from_linear(lin, kernel="dense").cuda()
-        vt, it = layer._ell_t()
-        fns = {"dense": lin, "csr": csr_baseline(lin)}
-        fns.update({str(t): K.make_triton_ell(vt, it, layer.bias, tile=t)
-                    for t in K._triton_tiles(args.batch)})
-        with torch.inference_mode():
-            times = K.measure(fns, x, budget_s=2.0)
-        print(f"{args.shape}, batch {args.batch}, {args.sparsity:.0%} sparse; tile = "
-              "(rows, batch columns, unroll, warps)")
-        for name, t in sorted(times.items(), key=lambda kv: kv[1]):
-            print(f"  {name:18s} {t * 1e6:8.1f} us  vs dense x{times['dense'] / t:5.2f}  "
-                  f"vs csr x{times['csr'] / t:6.2f}")
-        return 0
-    if args.kernel == "masked":
-        fn = lin
-    elif args.kernel == "triton_ell" and args.tile:
-        layer = CondensedLinear.from_linear(lin, kernel="dense").cuda()
-        vt, it = layer._ell_t()
-        fn = K.make_triton_ell(vt, it, layer.bias,
-                               tile=tuple(int(v) for v in args.tile.split(",")))
-    else:
-        fn = CondensedLinear.from_linear(lin, kernel=args.kernel).cuda()
-    with torch.inference_mode():
-        for _ in range(args.launches):
-            fn(x)
-    torch.cuda.synchronize()
-    print(K.triton_configs() or "no tuning")
-    return 0
-
+from sparse_agents.experiments.bench.profile_gpu import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,83 +1,10 @@
-"""Train one SB3 agent through a continual-RL task stream and write its return matrix.
+#!/usr/bin/env python
+"""Train one SB3 agent through a continual-RL task stream: ``--help``; the logic is
+:mod:`sparse_agents.cli.rl_stream` (also the ``sparse-rl-stream`` console script)."""
 
-    python scripts/run_rl_stream.py --stream cartpole-physics --algo ppo --updater srigl \
-        --sparsity 0.9 --distribution erk --task-masks --steps-per-task 50000 --seed 0 \
-        --out runs/cartpole_srigl
-
-Writes ``return_matrix.csv`` (after task i, mean return on task j), ``summary.json``
-(config, matrix, final returns, forgetting, BWT, densities) and ``return_matrix.png``.
-``--updater dense`` is dense fine-tuning; ``--no-task-masks`` with a sparse updater
-fine-tunes one sparse network. A thin wrapper over
-:func:`sparse_agents.sb3.continual.train_stream`.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import sys
 
-import torch
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    import envs
-    from sparse_agents.sb3.continual import ALGOS
-    from sparse_agents.updaters import UPDATERS
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stream", required=True, choices=envs.list_streams())
-    p.add_argument("--algo", default="ppo", choices=sorted(ALGOS))
-    p.add_argument("--updater", default="srigl", choices=("dense", *UPDATERS))
-    p.add_argument("--sparsity", type=float, default=0.9,
-                   help="sparsity in [0, 1); per task with task masks")
-    p.add_argument("--distribution", default="erk", choices=("erk", "er", "uniform"))
-    p.add_argument("--task-masks", action=argparse.BooleanOptionalAction, default=None,
-                   help="per-task masks (default: on for sparse updaters, off for dense)")
-    p.add_argument("--steps-per-task", type=int, default=50_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n-tasks", type=int, default=None, help="first n tasks only")
-    p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--one-hot", action="store_true", help="append a one-hot task id")
-    p.add_argument("--no-transfer", action="store_true",
-                   help="task t's forward uses only its own weights")
-    p.add_argument("--per-task-heads", action="store_true",
-                   help="dense action/value heads, one per task")
-    p.add_argument("--dense-input", action="store_true",
-                   help="keep the first layer of the policy and value MLPs dense")
-    p.add_argument("--algo-kwargs", type=json.loads, default=None,
-                   help='JSON dict overriding the hyperparameters, e.g. \'{"n_envs": 4}\'')
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--verbose", type=int, default=0)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from sparse_agents.sb3.continual import train_stream
-
-    def progress(task: int, result) -> None:
-        row = ", ".join(f"{x:.1f}" for x in result.returns[task, : task + 1])
-        print(f"after task {task} ({result.train_seconds[task]:.0f} s): returns [{row}]",
-              flush=True)
-
-    result = train_stream(
-        args.stream, algo=args.algo, updater=args.updater, sparsity=args.sparsity,
-        distribution=args.distribution, task_masks=args.task_masks,
-        steps_per_task=args.steps_per_task, seed=args.seed, n_tasks=args.n_tasks,
-        eval_episodes=args.eval_episodes, one_hot=args.one_hot,
-        transfer=not args.no_transfer, per_task_heads=args.per_task_heads,
-        dense_input=args.dense_input,
-        algo_kwargs=args.algo_kwargs, verbose=args.verbose, on_task_end=progress)
-    paths = result.save(args.out)
-    summary = result.summary()
-    print(f"final returns: {[round(x, 1) for x in summary['final_returns']]}")
-    print(f"forgetting: {summary['forgetting']:.2f}   BWT: {summary['bwt']:.2f}")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return summary
-
+from sparse_agents.cli.rl_stream import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

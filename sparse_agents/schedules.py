@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 SCHEDULES = ("constant", "cosine")
+
+
+def _is_int(value: object) -> bool:
+    """An integer (``5`` or ``5.0``), not a bool."""
+    return _is_number(value) and int(value) == value
+
+
+def _is_number(value: object) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
+            and not math.isnan(value))
 
 
 @dataclass(frozen=True)
@@ -24,11 +35,11 @@ class UpdateSchedule:
     kind: str = "cosine"
 
     def __post_init__(self) -> None:
-        if isinstance(self.delta_t, bool) or int(self.delta_t) != self.delta_t or self.delta_t < 1:
+        if not _is_int(self.delta_t) or self.delta_t < 1:
             raise ValueError(f"delta_t must be an integer >= 1, got {self.delta_t!r}")
-        if self.t_end is not None and (int(self.t_end) != self.t_end or self.t_end < 1):
+        if self.t_end is not None and (not _is_int(self.t_end) or self.t_end < 1):
             raise ValueError(f"t_end must be None or an integer >= 1, got {self.t_end!r}")
-        if not (0.0 < float(self.drop_fraction) < 1.0):
+        if not _is_number(self.drop_fraction) or not 0.0 < float(self.drop_fraction) < 1.0:
             raise ValueError(f"drop_fraction must be in (0, 1), got {self.drop_fraction!r}")
         if self.kind not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.kind!r}")

@@ -1,36 +1,35 @@
-"""``SparseTopology``: owns the masks of a module, hooks its optimizer, runs updates.
-
-Masks are boolean buffers named ``weight_mask`` registered on each masked module, so
-``model.state_dict()`` (and therefore ``torch.save``, SB3's ``model.save`` and
-Avalanche checkpoints) carries them. The topology's own state (step, RNG, ITOP
-record, budgets) round-trips through :meth:`SparseTopology.state_dict`.
-
-Training loops need no change: the optimizer's step pre-hook runs the scheduled
-update on the dense gradient and masks the gradients; the post-hook re-masks weights
-(and optimizer state where the optimizer could have moved it).
-"""
+"""``SparseTopology``: owns the masks of a module (``weight_mask`` buffers), hooks its
+optimizer (the pre-hook runs scheduled updates and masks gradients, the post-hook
+re-masks), runs updates through the updater registry. See docs/architecture.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import prune
 
-from sparse_agents.distributions import METHODS, check_sparsity, kept_counts, layer_densities
+from sparse_agents.distributions import (
+    METHODS,
+    check_sparsity,
+    constant_fan_in_counts,
+    kept_counts,
+    layer_densities,
+)
+from sparse_agents.forward_order import ForwardOrder
+from sparse_agents.optim_state import MASK_PRESERVING, reset_state
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
-from sparse_agents.updaters import UPDATERS
-from sparse_agents.updaters.base import topk
-from sparse_agents.updaters.srigl import constant_fan_in_mask
+from sparse_agents.updaters import get_updater, initial_mask
 
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MASK_BUFFER = "weight_mask"
 GRAD_MASKING = ("step", "backward")
-#: Optimizers that, fed masked gradients, keep zero weights and zero state at zero.
-MASK_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
 
 
 @dataclass
@@ -55,6 +54,20 @@ class MaskedLayer:
     def weight(self) -> nn.Parameter:
         return self.module.weight
 
+    def follow_weight(self) -> None:
+        """Move the tensors this record holds to the weight's device (and dtype, for
+        values) after ``model.to(...)``."""
+        w = self.weight
+        if self.ever_active.device != w.device:
+            self.ever_active = self.ever_active.to(w.device)
+        if self.allowed is not None and self.allowed.device != w.device:
+            self.allowed = self.allowed.to(w.device)
+        if self.frozen is not None and self.frozen.device != w.device:
+            self.frozen = self.frozen.to(w.device)
+        fv = self.frozen_values
+        if fv is not None and (fv.device != w.device or fv.dtype != w.dtype):
+            self.frozen_values = fv.to(w.device, w.dtype)
+
     @property
     def mask(self) -> Tensor:
         return getattr(self.module, MASK_BUFFER)
@@ -71,15 +84,23 @@ class MaskedLayer:
         return cached[2]
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module of a ``torch.compile``'d one (names without ``_orig_mod.``)."""
+    return getattr(model, "_orig_mod", model)
+
+
 def find_maskable(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(module_name, module)`` of every Linear/Conv1d/2d/3d with a trainable weight."""
+    """``(module_name, module)`` of every Linear/Conv1d/2d/3d with a trainable weight,
+    named as in the plain (not ``torch.compile``'d) model."""
     return [
-        (name, m) for name, m in model.named_modules()
+        (name, m) for name, m in unwrap(model).named_modules()
         if isinstance(m, MASKABLE) and isinstance(getattr(m, "weight", None), nn.Parameter)
     ]
 
 
-def _matches(pattern: str | int, index: int, name: str) -> bool:
+def match_layer(pattern: str | int, index: int, name: str) -> bool:
+    """The layer-pattern rule: an index, the exact module or parameter name, or a regex
+    matching the whole module name."""
     if isinstance(pattern, int):
         return pattern == index
     return pattern in (name, f"{name}.weight") or re.fullmatch(pattern, name) is not None
@@ -90,7 +111,7 @@ def select_layers(patterns: Iterable[str | int], names: Sequence[str], what: str
     a pattern that matches nothing is a ``ValueError`` naming ``what``."""
     chosen: set[int] = set()
     for pattern in patterns:
-        hits = {i for i, n in enumerate(names) if _matches(pattern, i, n)}
+        hits = {i for i, n in enumerate(names) if match_layer(pattern, i, n)}
         if not hits:
             raise ValueError(
                 f"{what} pattern {pattern!r} matches no maskable layer; layers are {list(names)}"
@@ -99,11 +120,103 @@ def select_layers(patterns: Iterable[str | int], names: Sequence[str], what: str
     return chosen
 
 
+def _override_budgets(budgets: list[int], names: Sequence[str], numels: Sequence[int],
+                      given: Mapping[str, int] | None) -> list[int]:
+    """``budgets`` with the layers named in ``given`` (parameter or module names) replaced."""
+    if not given:
+        return budgets
+    out = list(budgets)
+    for key, value in given.items():
+        hits = [i for i, n in enumerate(names) if key in (n, f"{n}.weight")]
+        if not hits:
+            raise ValueError(f"budgets names {key!r}, which is no maskable layer; "
+                             f"layers are {list(names)}")
+        numel = numels[hits[0]]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
+                not 0 <= value <= numel:
+            raise ValueError(f"budgets[{key!r}] must be an integer in [0, {numel}] (the "
+                             f"layer's weights), got {value!r}")
+        out[hits[0]] = int(value)
+    return out
+
+
+def _check_masks(masks: Mapping[str, Tensor] | None, layers: Sequence[MaskedLayer]) -> None:
+    """``masks`` must name masked layers by parameter name, with the weight's shape."""
+    if not masks:
+        return
+    by_name = {x.name: x for x in layers}
+    for name, mask in masks.items():
+        layer = by_name.get(name)
+        if layer is None:
+            raise ValueError(f"masks names {name!r}, which is not a masked layer; masked "
+                             f"layers are {list(by_name)}")
+        if tuple(mask.shape) != tuple(layer.weight.shape):
+            raise ValueError(f"masks[{name!r}] has shape {tuple(mask.shape)}, expected the "
+                             f"weight's shape {tuple(layer.weight.shape)}")
+
+
+def _closure_of(args: tuple, kwargs: dict):
+    """The closure of an ``optimizer.step(...)`` call seen by a step hook (``args[0]`` is
+    the optimizer itself), or ``None``."""
+    return kwargs.get("closure", args[1] if len(args) > 1 else None)
+
+
+MASK_SOURCES = ("existing", "nonzero")
+
+
+def model_masks(model: nn.Module, source: str) -> dict[str, Tensor]:
+    """Parameter name -> bool mask read from ``model``: its ``weight_mask`` buffers
+    (``"existing"``; ``torch.nn.utils.prune``'s are made permanent with ``prune.remove``
+    and replaced) or its nonzero weights (``"nonzero"``)."""
+    if source not in MASK_SOURCES:
+        raise ValueError(f"masks must be a mapping or one of {MASK_SOURCES}, got {source!r}")
+    root = unwrap(model)
+    out: dict[str, Tensor] = {}
+    for name, module in root.named_modules():
+        if not isinstance(module, MASKABLE):
+            continue
+        key = f"{name}.weight"
+        if source == "nonzero":
+            if isinstance(getattr(module, "weight", None), nn.Parameter):
+                out[key] = module.weight.detach() != 0
+            continue
+        mask = module._buffers.get(MASK_BUFFER)
+        if mask is None:
+            continue
+        out[key] = _as_bool_mask(mask, key)
+        if prune.is_pruned(module) and "weight_orig" in module._parameters:
+            prune.remove(module, "weight")
+        else:
+            del module._buffers[MASK_BUFFER]
+    if not out:
+        raise ValueError(f"masks={source!r}: the model has no maskable layer with "
+                         + ("a weight_mask buffer" if source == "existing" else "weights"))
+    return out
+
+
+def _as_bool_mask(mask: Tensor, name: str) -> Tensor:
+    if mask.dtype == torch.bool:
+        return mask.detach().clone()
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(f"weight_mask of {name!r} must be a bool or 0/1 mask")
+    return mask.detach() != 0
+
+
+def _sparsity_of(masks: Mapping[str, Tensor], candidates, dense_idx: set[int]) -> float:
+    """Global sparsity of the masked layers plus the dense ones."""
+    active = total = 0
+    for i, (name, module) in enumerate(candidates):
+        n = module.weight.numel()
+        total += n
+        mask = masks.get(f"{name}.weight")
+        active += n if i in dense_idx or mask is None else int(mask.sum())
+    return 1.0 - active / total
+
+
 def _check_unit(value: float, name: str) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
+    return float(value)
 
 
 class SparseTopology:
@@ -138,6 +251,16 @@ class SparseTopology:
             masked and not counted in the global budget (e.g. task heads that a
             continual-learning model adds and replaces). ``dense_layers``, in
             contrast, are counted as dense in the global sparsity.
+        budgets: parameter name -> weight budget, overriding the allocation of
+            ``sparsity`` and ``distribution`` for those layers (e.g. a task's share
+            under per-task masks).
+        masks: parameter name -> initial bool mask, instead of a random one (e.g. all
+            False for a topology whose masks another owner assigns later); or
+            ``"existing"``: the masks the model already has (``weight_mask`` buffers,
+            bool or 0/1, e.g. from ``torch.nn.utils.prune``, whose re-parametrisation
+            is made permanent), or ``"nonzero"``: the weights' nonzero pattern. Weights
+            outside the masks are zeroed; without ``budgets`` the masks set each layer's
+            budget (and ``sparsity``), and layers without a mask stay dense.
     """
 
     def __init__(
@@ -161,10 +284,11 @@ class SparseTopology:
         ablate_output: bool = False,
         grad_masking: str = "step",
         exclude_layers: Iterable[str | int] = (),
+        budgets: Mapping[str, int] | None = None,
+        masks: Mapping[str, Tensor] | str | None = None,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
-        if updater not in UPDATERS:
-            raise ValueError(f"updater must be one of {tuple(UPDATERS)}, got {updater!r}")
+        self.spec = get_updater(updater)
         if distribution not in METHODS:
             raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
         if schedule not in SCHEDULES:
@@ -175,6 +299,8 @@ class SparseTopology:
         self.updater = updater
         self.distribution = distribution
         self.grad_masking = grad_masking
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         self.seed = int(seed)
         self.model = model
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -182,11 +308,76 @@ class SparseTopology:
         self.n_updates = 0
         self.keep_dense_grads = False
         self._dense_grads: dict[str, Tensor] = {}
+        #: (id, version) of each layer's .grad after the backward that kept a dense gradient
+        self._grad_seen: dict[str, tuple[int, int]] = {}
         self._handles: list = []
         self._grad_handles: list = []
         self.optimizer: torch.optim.Optimizer | None = None
 
-        candidates = find_maskable(model)
+        from_model = isinstance(masks, str)
+        if from_model:  # start from the masks the model already has
+            masks = model_masks(model, masks)
+        candidates = self._candidates(model, optimizer, exclude_layers)
+        names = [n for n, _ in candidates]
+        dense_idx = select_layers(dense_layers, names, "dense_layers")
+        if masks is not None and budgets is None:  # the masks set the budgets
+            budgets = {k: int(v.sum()) for k, v in masks.items()}
+            dense_idx |= {i for i, n in enumerate(names) if f"{n}.weight" not in masks}
+            self.sparsity = _sparsity_of(masks, candidates, dense_idx)
+        if len(dense_idx) == len(names):
+            raise ValueError("dense_layers covers every maskable layer: nothing left to sparsify"
+                             if masks is None else "masks: no maskable layer has a mask")
+        shapes = [tuple(m.weight.shape) for _, m in candidates]
+        densities = layer_densities(shapes, self.sparsity, distribution, dense=dense_idx,
+                                    power=power, renormalise=renormalise)
+        counted = kept_counts(shapes, densities)
+        allocated = counted
+        if self.spec.constant_fan_in:  # whole rows, so no budget is lost to k's rounding
+            allocated = constant_fan_in_counts(shapes, counted, fixed=dense_idx)
+        layer_budgets = _override_budgets(allocated, names, [m.weight.numel() for _, m in
+                                                             candidates], budgets)
+        sparse_idx = [i for i in range(len(names)) if i not in dense_idx]
+        out_idx = (set() if output_layers is None
+                   else select_layers(output_layers, names, "output_layers"))
+        gammas = self._gammas(gamma_sal, names)
+        # the output layer SRigL protects is the last maskable layer in forward order,
+        # seen at the first update (registration order can differ)
+        self._forward_order: ForwardOrder | None = None
+        if output_layers is None and not ablate_output and self.spec.ablates:
+            self._forward_order = ForwardOrder([m for _, m in find_maskable(model)])
+
+        self.dense_names = [f"{names[i]}.weight" for i in sorted(dense_idx)]
+        self._dense_numel = sum(candidates[i][1].weight.numel() for i in dense_idx)
+        self.layers: list[MaskedLayer] = [
+            MaskedLayer(
+                name=f"{names[i]}.weight", module_name=names[i], module=candidates[i][1],
+                density=(densities[i] if layer_budgets[i] == counted[i]
+                         else layer_budgets[i] / candidates[i][1].weight.numel()),
+                budget=layer_budgets[i], gamma_sal=gammas[i],
+                allow_ablation=ablate_output or i not in out_idx,
+                ever_active=torch.zeros(candidates[i][1].weight.shape, dtype=torch.bool,
+                                        device=candidates[i][1].weight.device))
+            for i in sparse_idx]
+        if masks is not None and from_model:
+            masks = {x.name: masks[x.name] for x in self.layers}
+        _check_masks(masks, self.layers)
+        for layer in self.layers:
+            given = None if masks is None else masks.get(layer.name)
+            self._install_mask(layer, given)
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _candidates(model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    exclude_layers: Iterable[str | int]) -> list[tuple[str, nn.Module]]:
+        """Maskable layers the optimizer trains, less ``exclude_layers``; of modules
+        sharing one weight (tied weights) the first, whose mask then covers all."""
+        candidates, seen = [], set()
+        for name, module in find_maskable(model):
+            if id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                candidates.append((name, module))
         if optimizer is not None:
             trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
             candidates = [(n, m) for n, m in candidates if id(m.weight) in trained]
@@ -197,47 +388,27 @@ class SparseTopology:
                 "model has no maskable layer (nn.Linear or nn.Conv1d/2d/3d whose weight "
                 "the optimizer trains)"
             )
-        names = [n for n, _ in candidates]
-        dense_idx = select_layers(dense_layers, names, "dense_layers")
-        if len(dense_idx) == len(names):
-            raise ValueError("dense_layers covers every maskable layer: nothing left to sparsify")
-        shapes = [tuple(m.weight.shape) for _, m in candidates]
-        densities = layer_densities(shapes, self.sparsity, distribution, dense=dense_idx,
-                                    power=power, renormalise=renormalise)
-        budgets = kept_counts(shapes, densities)
-        sparse_idx = [i for i in range(len(names)) if i not in dense_idx]
-        if output_layers is None:
-            out_idx = {sparse_idx[-1]}
+        return candidates
+
+    def _install_mask(self, layer: MaskedLayer, given: Tensor | None) -> None:
+        """Register the layer's mask buffer (``given`` or a random initial mask) and zero
+        the weights outside it."""
+        module = layer.module
+        if hasattr(module, MASK_BUFFER):
+            raise ValueError(f"layer {layer.module_name!r} already has a {MASK_BUFFER!r}: "
+                             "one SparseTopology per layer")
+        weight = layer.weight
+        if given is None:
+            mask = initial_mask(self.spec, weight.shape, layer.budget, self.generator,
+                                device=weight.device)
         else:
-            out_idx = select_layers(output_layers, names, "output_layers")
-        gammas = self._gammas(gamma_sal, names)
+            mask = given.detach().to(device=weight.device, dtype=torch.bool).clone()
+        module.register_buffer(MASK_BUFFER, mask)
+        module.register_load_state_dict_pre_hook(_require_mask)
+        layer.ever_active |= mask
+        with torch.no_grad():
+            weight.mul_(mask)
 
-        self.dense_names = [f"{names[i]}.weight" for i in sorted(dense_idx)]
-        self._dense_numel = sum(candidates[i][1].weight.numel() for i in dense_idx)
-        self.layers: list[MaskedLayer] = []
-        for i in sparse_idx:
-            module_name, module = candidates[i]
-            weight = module.weight
-            layer = MaskedLayer(
-                name=f"{module_name}.weight", module_name=module_name, module=module,
-                density=densities[i], budget=budgets[i], gamma_sal=gammas[i],
-                allow_ablation=ablate_output or i not in out_idx,
-                ever_active=torch.zeros(weight.shape, dtype=torch.bool, device=weight.device),
-            )
-            mask = self._initial_mask(layer)
-            if hasattr(module, MASK_BUFFER):
-                raise ValueError(f"layer {module_name!r} already has a {MASK_BUFFER!r}: "
-                                 "one SparseTopology per layer")
-            module.register_buffer(MASK_BUFFER, mask)
-            module.register_load_state_dict_pre_hook(_require_mask)
-            layer.ever_active |= mask
-            with torch.no_grad():
-                weight.mul_(mask)
-            self.layers.append(layer)
-        if optimizer is not None:
-            self.attach(optimizer)
-
-    # ------------------------------------------------------------------ set-up
     @staticmethod
     def _gammas(gamma_sal: float | Mapping[str, float], names: Sequence[str]) -> list[float]:
         if isinstance(gamma_sal, Mapping):
@@ -248,12 +419,26 @@ class SparseTopology:
             return out
         return [_check_unit(gamma_sal, "gamma_sal")] * len(names)
 
-    def _initial_mask(self, layer: MaskedLayer) -> Tensor:
-        shape = layer.weight.shape
-        if self.updater == "srigl":
-            return constant_fan_in_mask(shape, layer.budget, self.generator, layer.weight.device)
-        scores = torch.zeros(shape)
-        return topk(scores, layer.budget, self.generator).to(layer.weight.device)
+    @torch.no_grad()
+    def assign(self, name: str, mask: Tensor, budget: int | None = None) -> None:
+        """Make ``mask`` the trainable mask of layer ``name`` (and ``budget`` its budget):
+        its ITOP record restarts from it; weights are left as they are."""
+        layer = self.layer(name)
+        if mask.shape != layer.weight.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask for {layer.name!r} must be a bool tensor of shape "
+                             f"{tuple(layer.weight.shape)}, got {mask.dtype} "
+                             f"{tuple(mask.shape)}")
+        if budget is not None:
+            if not 0 <= int(budget) <= layer.weight.numel():
+                raise ValueError(f"budget for {layer.name!r} must be in "
+                                 f"[0, {layer.weight.numel()}], got {budget}")
+            layer.budget = int(budget)
+        layer.mask.copy_(mask)
+        layer.ever_active.copy_(mask)
+
+    def set_t_end(self, t_end: int | None) -> None:
+        """Stop scheduled updates at step ``t_end`` (``None``: never)."""
+        self.schedule = dataclasses.replace(self.schedule, t_end=t_end)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Hook ``optimizer`` (detaching from any earlier one)."""
@@ -266,7 +451,8 @@ class SparseTopology:
         if self.grad_masking == "backward":
             self._grad_handles = [
                 layer.weight.register_hook(self._grad_hook(layer)) for layer in self.layers
-            ]
+            ] + [layer.weight.register_post_accumulate_grad_hook(self._after_accumulate(layer))
+                 for layer in self.layers]
         self._remask_state()
 
     def detach(self) -> None:
@@ -312,6 +498,7 @@ class SparseTopology:
         if reset_updates:
             self.n_updates = 0
         self._dense_grads.clear()
+        self._grad_seen.clear()
 
     def layer(self, name: str) -> MaskedLayer:
         """The masked layer called ``name`` (parameter or module name)."""
@@ -324,24 +511,72 @@ class SparseTopology:
     def _grad_hook(self, layer: MaskedLayer):
         def hook(grad: Tensor) -> Tensor:
             if self.keep_dense_grads or self.schedule.is_update_step(self.step + 1):
-                # .grad is None: the first backward since zero_grad(set_to_none=True), so
-                # an earlier loss's gradient (e.g. SAC's actor loss reaching the critic)
-                # must not leak into this one's dense gradient
-                prev = None if layer.weight.grad is None else self._dense_grads.get(layer.name)
+                prev = self._dense_grads.get(layer.name) if self._accumulating(layer) else None
                 self._dense_grads[layer.name] = grad.detach() if prev is None else prev + grad
             return grad * layer.mask_f
 
         return hook
 
-    def _pre_step(self, optimizer, args, kwargs) -> None:
+    def _accumulating(self, layer: MaskedLayer) -> bool:
+        """Whether this backward adds to the dense gradient kept from the last one: only
+        if ``.grad`` is still what that backward left. ``.grad`` is None after
+        ``zero_grad()``, or was zeroed in place (``set_to_none=False``): then an earlier
+        loss's gradient (SAC's actor loss reaching the critic) or one whose step was
+        skipped (GradScaler on inf/NaN) must not leak into this one."""
+        grad = layer.weight.grad
+        return grad is not None and self._grad_seen.get(layer.name) == (id(grad), grad._version)
+
+    def _after_accumulate(self, layer: MaskedLayer):
+        def hook(param: Tensor) -> None:
+            if layer.name in self._dense_grads:
+                self._grad_seen[layer.name] = (id(param.grad), param.grad._version)
+
+        return hook
+
+    def _pre_step(self, optimizer, args, kwargs):
+        self.follow_model()
+        closure = _closure_of(args, kwargs)
+        if closure is not None:
+            # opt.step(closure): the gradients exist only once the optimizer has called
+            # the closure, so the update and the masking run inside it
+            wrapped = self._wrap_closure(closure)
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (args[0], wrapped, *args[2:]), kwargs
+        self._before_step()
+        return None
+
+    def _before_step(self) -> None:
+        """The scheduled update (on the dense gradient), then gradient masking."""
         upcoming = self.step + 1
-        if self.updater != "static" and self.schedule.is_update_step(upcoming):
+        if self.spec.dynamic and self.schedule.is_update_step(upcoming):
             self._run_update(upcoming, scheduled=True)
         if self.grad_masking == "step":
-            with_grad = [x for x in self.layers if x.weight.grad is not None]
-            if with_grad:
-                torch._foreach_mul_([x.weight.grad for x in with_grad],
-                                    [x.mask_f for x in with_grad])
+            self._mask_grads()
+
+    def _wrap_closure(self, closure):
+        """A closure that recomputes the loss and gradients, then (first call only) runs
+        the scheduled update, and masks the gradients every call."""
+        calls = 0
+
+        def wrapped():
+            nonlocal calls
+            with torch.enable_grad():
+                loss = closure()
+            if calls == 0:
+                self._before_step()
+            else:
+                self._mask_grads()
+            calls += 1
+            return loss
+
+        return wrapped
+
+    def _mask_grads(self) -> None:
+        with_grad = [x for x in self.layers if x.weight.grad is not None]
+        if with_grad:
+            torch._foreach_mul_([x.weight.grad for x in with_grad],
+                                [x.mask_f for x in with_grad])
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         self.step += 1
@@ -354,6 +589,7 @@ class SparseTopology:
         if layers:
             self._remask(layers)
         self._dense_grads.clear()
+        self._grad_seen.clear()
 
     @torch.no_grad()
     def _remask(self, layers: Sequence[MaskedLayer]) -> None:
@@ -365,21 +601,41 @@ class SparseTopology:
         self._remask_state(layers)
 
     def _remask_state(self, layers: Sequence[MaskedLayer] | None = None) -> None:
-        """Zero the optimizer state of inactive entries (moments, momentum)."""
-        if self.optimizer is None:
-            return
-        with torch.no_grad():
-            for layer in self.layers if layers is None else layers:
-                state = self.optimizer.state.get(layer.weight, {})
-                for value in state.values():
-                    if torch.is_tensor(value) and value.shape == layer.weight.shape:
-                        value.mul_(layer.mask_f)
+        """Reset the optimizer state of inactive entries (moments to 0, step sizes to
+        their initial value; see :mod:`sparse_agents.optim_state`)."""
+        for layer in self.layers if layers is None else layers:
+            reset_state(self.optimizer, layer.weight, layer.mask)
 
     # ------------------------------------------------------------------ updates
     def dense_grad(self, layer: MaskedLayer) -> Tensor | None:
-        """The dense gradient of ``layer`` for an update: kept aside, else ``.grad``."""
+        """The dense gradient of ``layer`` for an update: kept aside, else ``.grad``
+        (``None`` when the layer had no backward since its gradient was cleared)."""
+        if layer.weight.grad is None:
+            return None
         kept = self._dense_grads.get(layer.name)
         return kept if kept is not None else layer.weight.grad
+
+    def follow_model(self) -> None:
+        """Move the tensors the topology holds to its weights' devices and dtypes (done
+        before every step and update; after ``model.to()`` nothing else is needed)."""
+        for layer in self.layers:
+            layer.follow_weight()
+
+    def _resolve_output_layer(self) -> None:
+        """Protect the last maskable layer in forward order (if it is masked)."""
+        order = self._forward_order
+        if order is None:
+            return
+        last = order.last()
+        if last is None:
+            raise ValueError(
+                "SparseTopology cannot tell the output layer before any forward pass: run "
+                "the model forward before the first update, or pass output_layers=[...] "
+                "(or ablate_output=True)")
+        for layer in self.layers:  # by weight: a tied weight is the output wherever used
+            layer.allow_ablation = layer.weight is not last.weight
+        order.remove()
+        self._forward_order = None
 
     def update(self) -> dict[str, int]:
         """Run one topology update now, on the gradients in ``.grad`` (or the dense
@@ -389,8 +645,10 @@ class SparseTopology:
 
     @torch.no_grad()
     def _run_update(self, step: int, scheduled: bool) -> dict[str, int]:
-        fn = UPDATERS[self.updater]
-        needs_grad = self.updater in ("rigl", "srigl")
+        self.follow_model()
+        self._resolve_output_layer()
+        fn = self.spec.update
+        needs_grad = self.spec.needs_grad
         grads = {layer.name: self.dense_grad(layer) for layer in self.layers}
         if needs_grad and not scheduled and all(g is None for g in grads.values()):
             raise ValueError(
@@ -406,7 +664,7 @@ class SparseTopology:
             n_drop = int(int(old.sum()) * fraction)
             new = fn(layer.weight, old, grad, n_drop, self.generator, budget=layer.budget,
                      gamma_sal=layer.gamma_sal, allow_ablation=layer.allow_ablation,
-                     allowed=layer.allowed)
+                     allowed=layer.allowed, ever_active=layer.ever_active)
             self._apply(layer, old, new)
             changed[layer.name] = int((old & ~new).sum())
         self.n_updates += 1
@@ -421,10 +679,7 @@ class SparseTopology:
             layer.weight.add_(layer.frozen_values)
         if layer.weight.grad is not None and self.grad_masking == "backward":
             layer.weight.grad.mul_(new)
-        if self.optimizer is not None:
-            for value in self.optimizer.state.get(layer.weight, {}).values():
-                if torch.is_tensor(value) and value.shape == layer.weight.shape:
-                    value.mul_(keep)
+        reset_state(self.optimizer, layer.weight, keep)
         layer.ever_active |= new
 
     # ------------------------------------------------------------------ metrics

@@ -1,10 +1,14 @@
-"""Condensed layers: ``condense(model)(x)`` equals the masked dense ``model(x)`` (invariant 4)."""
+"""Condensed layers: ``condense(model)(x)`` equals the masked dense ``model(x)`` (to float
+tolerance)."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import io
 import pickle
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn.utils import prune
 
+import sparse_agents.condensed as condensed_pkg
 from sparse_agents.condensed import (
     KERNELS,
     CondensedLinear,
@@ -278,7 +284,8 @@ def test_conv_layer_is_kept_and_reported():
 
 def test_dense_model_is_left_alone_and_standalone_linear():
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
-    fast = condense(model)
+    with pytest.warns(CondenseWarning, match="no masked layer"):
+        fast = condense(model)
     assert not linears(fast) and isinstance(fast[0], nn.Linear)
     assert_same(fast, model, torch.randn(3, 4))
 
@@ -327,7 +334,7 @@ def test_bad_input_raises_value_error():
     lin.register_buffer("weight_mask", torch.ones(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="weight_mask"):
         condense(nn.Sequential(lin))
-    lin.weight_mask = torch.ones(4, 5)  # not bool
+    lin.weight_mask = torch.full((4, 5), 0.5)  # neither bool nor 0/1
     with pytest.raises(ValueError, match="bool"):
         condense(nn.Sequential(lin))
     with pytest.raises(ValueError, match="indices"):
@@ -559,3 +566,151 @@ def test_condense_policy_holding_an_autograd_graph():
     fast = condense(policy)
     with torch.no_grad():
         torch.testing.assert_close(fast.predict_values(x), policy.predict_values(x), **TOL)
+
+
+# ------------------------------------------------------------------ masks from torch's pruning
+def plain_mlp(sizes, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def test_torch_prune_l1_unstructured():
+    """``torch.nn.utils.prune``: a float 0/1 ``weight_mask``, ``weight_orig``, and a
+    ``weight`` recomputed by a forward pre-hook (a pruned bias too)."""
+    model = plain_mlp([12, 32, 32, 4], seed=14)
+    for i in (0, 2, 4):
+        prune.l1_unstructured(model[i], "weight", amount=0.7)
+    prune.l1_unstructured(model[2], "bias", amount=0.5)
+    assert model[0].weight_mask.dtype == torch.float32
+    fast = condense(model)
+    assert [r.name for r in fast.condense_report.condensed] == ["0", "2", "4"]
+    assert all(c.nnz < c.in_features * c.n_alive for c in linears(fast))
+    for batch in (1, 257):
+        assert_same(fast, model, torch.randn(batch, 12))
+    single = condense(model[0])  # one pruned Linear, and from_linear
+    assert isinstance(single, CondensedLinear)
+    assert_same(single, model[0], torch.randn(3, 12))
+    assert_same(CondensedLinear.from_linear(model[4]), model[4], torch.randn(3, 32))
+
+
+def test_torch_prune_global_unstructured_then_train_and_refresh():
+    """After an optimizer step the pruned modules' ``weight`` (and ``bias``) are stale
+    until the next forward: refresh must read ``weight_orig`` (and ``bias_orig``)."""
+    model = plain_mlp([16, 48, 48, 6], seed=15)
+    params = [(model[i], "weight") for i in (0, 2, 4)]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.8)
+    prune.l1_unstructured(model[4], "bias", amount=0.5)
+    fast = condense(model)
+    x = torch.randn(9, 16)
+    assert_same(fast, model, x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        loss = model(torch.randn(8, 16, generator=g)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # no forward afterwards: model[i].weight is stale
+    assert fast.refresh() is False  # masks unchanged
+    assert_same(fast, model, x)
+    prune.l1_unstructured(model[2], "weight", amount=0.5)  # prune further: new mask
+    assert fast.refresh() is True
+    for batch in (1, 257):
+        assert_same(fast, model, torch.randn(batch, 16))
+
+
+def test_mask_values_other_than_0_and_1_raise():
+    model = plain_mlp([6, 8, 3], seed=16)
+    prune.random_unstructured(model[0], "weight", amount=0.5)
+    with torch.no_grad():
+        model[0].weight_mask[0, 0] = 0.5
+    with pytest.raises(ValueError, match=r"layer '0'.*weight_mask.*0\.5"):
+        condense(model)
+
+
+def test_torch_ao_pruning_parametrized_masks():
+    """``torch.ao.pruning`` puts a float mask in a parametrization of ``weight``."""
+    from torch.ao.pruning import WeightNormSparsifier
+
+    model = plain_mlp([16, 32, 32, 4], seed=17)
+    sparsifier = WeightNormSparsifier(sparsity_level=0.5, sparse_block_shape=(1, 4),
+                                      zeros_per_block=4)
+    sparsifier.prepare(model, [{"tensor_fqn": f"{i}.weight"} for i in (0, 2, 4)])
+    sparsifier.step()
+    fast = condense(model)
+    assert [r.name for r in fast.condense_report.condensed] == ["0", "2", "4"]
+    assert all(c.nnz < c.in_features * c.n_alive for c in linears(fast))
+    for batch in (1, 257):
+        assert_same(fast, model, torch.randn(batch, 16))
+    with torch.no_grad():
+        model[0].parametrizations.weight.original.mul_(torch.rand(32, 16))
+    sparsifier.sparsity_level = 0.75
+    for group in sparsifier.groups:
+        group["sparsity_level"] = 0.75
+    sparsifier.step()  # new masks, in place
+    assert fast.refresh() is True
+    assert_same(fast, model, torch.randn(5, 16))
+
+
+# ------------------------------------------------------------------ nothing to condense
+def test_no_masked_layer_warns_and_reports():
+    model = plain_mlp([4, 6, 2], seed=18)
+    with pytest.warns(CondenseWarning, match="no masked layer.*weight_mask.*prun"):
+        fast = condense(model)
+    assert not fast.condense_report.condensed and fast.condense_report.notes
+    assert "no masked layer" in str(fast.condense_report)
+    assert_same(fast, model, torch.randn(3, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = condense(model, warn=False)
+    assert quiet.condense_report.notes
+    masked = masked_mlp([4, 6, 2], seed=18)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CondenseWarning)
+        assert not condense(masked).condense_report.notes
+
+
+# ------------------------------------------------------------------ module structure
+def _package_imports(node: ast.AST, modules: set[str]) -> set[str]:
+    """The modules of ``sparse_agents.condensed`` that an import statement names."""
+    prefix = "sparse_agents.condensed"
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = f"{prefix}.{node.module}" if node.level and node.module else (
+            prefix if node.level else node.module or "")
+        names = [base] + [f"{base}.{a.name}" for a in node.names]
+    else:
+        return set()
+    return {n.split(".")[2] for n in names
+            if n.startswith(prefix + ".") and n.split(".")[2] in modules}
+
+
+def test_condensed_modules_import_each_other_at_top_level_without_cycles():
+    """No module of the package imports another one inside a function (a lazy import
+    hiding a cycle), and the imports between them form no cycle."""
+    pkg = Path(condensed_pkg.__file__).parent
+    modules = {p.stem for p in pkg.glob("*.py")} - {"__init__"}
+    graph: dict[str, set[str]] = {}
+    for mod in modules:
+        tree = ast.parse((pkg / f"{mod}.py").read_text())
+        for func in ast.walk(tree):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(func):
+                    lazy = _package_imports(node, modules)
+                    assert not lazy, f"{mod}.py:{node.lineno} imports {lazy} inside a function"
+        graph[mod] = set().union(*(_package_imports(n, modules) for n in ast.walk(tree)))
+    done: set[str] = set()
+
+    def visit(mod: str, path: tuple[str, ...]) -> None:
+        assert mod not in path, f"import cycle: {' -> '.join((*path, mod))}"
+        if mod not in done:
+            for dep in graph[mod]:
+                visit(dep, (*path, mod))
+            done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod, ())
+    assert graph["layers"] >= {"kernels", "chain"} and "layers" in graph["convert"]

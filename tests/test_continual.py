@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from invariants import check_topology
 from torch import nn
 
 with warnings.catch_warnings():
@@ -20,7 +21,6 @@ from continual.experiment import run_experiment
 from continual.streams import make_benchmark
 from continual.task_masks import FREE, OWNER_BUFFER
 from sparse_agents.topology import MASK_BUFFER
-from sparse_agents.updaters.base import as_matrix
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -65,17 +65,7 @@ class CheckDST(SupervisedPlugin):
     def after_update(self, strategy, **kwargs):
         topo = self.dst.topology
         assert topo.optimizer is strategy.optimizer
-        for layer in topo.layers:
-            w, m = layer.weight.detach(), layer.mask
-            assert bool((w[~m] == 0).all()), "masked-out weight not 0"
-            for v in strategy.optimizer.state.get(layer.weight, {}).values():
-                if torch.is_tensor(v) and v.shape == w.shape:
-                    assert bool((v[~m] == 0).all()), "optimizer state outside the mask"
-            if topo.updater == "srigl":
-                fan = as_matrix(m).sum(1)
-                assert fan[fan > 0].unique().numel() == 1  # constant fan-in k
-            else:
-                assert int(m.sum()) == layer.budget
+        check_topology(topo, strategy.optimizer)
         self.checked += 1
 
 

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from invariants import check_topology
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
@@ -59,25 +60,12 @@ def make(name: str, seed: int = 0, env=None, **policy_kwargs):
 
 
 def check_invariants(model) -> None:
-    """Masked weights and their optimizer state exactly 0; layer budgets exact; target
-    networks carry the online masks and zeros outside them."""
+    """Invariants 1-2 for every topology; target networks carry the online masks and
+    zeros outside them."""
     pol = model.policy
     assert pol.topologies
     for topo in pol.topologies.values():
-        for layer in topo.layers:
-            w, mask = layer.weight, layer.mask
-            assert torch.all(w[~mask] == 0), layer.name
-            for key, value in topo.optimizer.state.get(w, {}).items():
-                if torch.is_tensor(value) and value.shape == w.shape:
-                    assert torch.all(value[~mask] == 0), (layer.name, key)
-            m = mask.reshape(mask.shape[0], -1)
-            if topo.updater == "srigl":
-                fan_in = m.sum(1)
-                alive = fan_in > 0
-                k = layer.budget // int(alive.sum())
-                assert torch.all(fan_in[alive] == k), (layer.name, fan_in.unique(), k)
-            else:
-                assert int(m.sum()) == layer.budget, layer.name
+        check_topology(topo)
     for pairs in pol._sparse.targets.values():
         for online, target in pairs:
             assert torch.equal(online.weight_mask, target.weight_mask)
@@ -434,18 +422,48 @@ def test_train_agent_cli_writes_model_csv_and_plot(tmp_path):
 
 
 def test_train_and_evaluate_one_call_experiment():
-    from sparse_agents.sb3.experiment import train_and_evaluate
+    from sparse_agents.experiments.rl import train_and_evaluate
 
+    # 4 rollouts of 2 x 64 steps, 2 epochs of 2 mini-batches: 16 optimizer steps;
+    # t_end = 0.75 * 16 = 12, so updates at steps 4 and 8
     out = train_and_evaluate("ppo", "CartPole-v1", "srigl", 0.8, "uniform", timesteps=512,
                              seed=3, eval_episodes=2, n_evals=2,
-                             overrides=dict(n_envs=2, n_steps=64, batch_size=64, n_epochs=2))
+                             overrides=dict(n_envs=2, n_steps=64, batch_size=64, n_epochs=2),
+                             sparse_options=dict(delta_t=4))
     assert out["timesteps"] >= 512 and len(out["curve"]) >= 3
     assert out["mean_return"] == out["curve"][-1][1] and out["mean_return"] > 0
     # SRigL: k = budget // n_alive per row, so a layer may keep up to n_alive - 1 fewer
-    assert 0.17 < out["masks"]["density"] <= 0.2 and out["masks"]["updates"] >= 0
+    assert 0.17 < out["masks"]["density"] <= 0.2
+    assert out["masks"]["step"] == 16 and out["masks"]["updates"] == 2
     dense = train_and_evaluate("ppo", "CartPole-v1", "dense", 0.0, timesteps=256, seed=3,
                                eval_episodes=1, n_evals=1,
                                overrides=dict(n_envs=2, n_steps=64, batch_size=64))
     assert dense["masks"] == {}
     with pytest.raises(ValueError, match="sparsity"):
         train_and_evaluate(sparsity=1.0, timesteps=10)
+
+
+# ---------------------------------------------------------------------------- SB3 coupling
+@pytest.mark.parametrize("name", list(ALGOS))
+def test_calling_algorithm_finds_the_model_from_train_and_not_from_predict(name, monkeypatch):
+    """The one place that reads SB3's call stack: it must find the algorithm when SB3's
+    train()/collect_rollouts() switch the policy's mode, and tell predict() apart."""
+    import sparse_agents.sb3.mixin as mixin
+
+    seen: list[tuple[object, bool, str]] = []
+    real = mixin.calling_algorithm
+
+    def spy(policy, frame, depth=4):
+        found, from_training = real(policy, frame, depth)
+        seen.append((found, from_training, frame.f_code.co_name))
+        return found, from_training
+
+    monkeypatch.setattr(mixin, "calling_algorithm", spy)
+    model = make(name)
+    model.learn(STEPS[name])
+    callers = {caller for found, from_training, caller in seen if found is model and from_training}
+    assert "train" in callers, seen
+    assert model.policy._sparse.algo_ref() is model
+    seen.clear()
+    model.predict(np.zeros(model.observation_space.shape, dtype=np.float32))
+    assert seen and all(not from_training for _, from_training, _ in seen), seen

@@ -11,11 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sparse_agents.distributions import METHODS
 from sparse_agents.study import aggregate, expand_grid, load_results, run_study
-from sparse_agents.study.cli import main
-from sparse_agents.study.grid import load_grid_file
-from sparse_agents.study.report import compare, summary_text
+from sparse_agents.study.cli import build_parser, main
+from sparse_agents.study.grid import Job, load_grid_file
+from sparse_agents.study.report import best_updater, compare, seed_verdict, summary_text
 from sparse_agents.study.store import write_json_atomic
+from sparse_agents.study.workloads import run_cl, run_rl_stream
+from sparse_agents.updaters import updater_names
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"epochs": 1, "hidden": 32}
@@ -178,15 +181,11 @@ def test_ray_backend_matches_process_pool(tmp_path):
     ((-1, +1, -1), (True, False, False), "contradicted"),
 ])
 def test_seed_verdict_names_direction_and_significance(diffs, sig, expected):
-    from sparse_agents.study.report import seed_verdict
-
     rows = pd.DataFrame({"sparsity": [0.5, 0.8, 0.95], "diff": diffs, "significant": sig})
     assert expected in seed_verdict(rows.iloc[:2], rows.iloc[2:])
 
 
 def test_paired_ci_uses_per_seed_differences():
-    from sparse_agents.study.report import compare
-
     base = [0.70, 0.80, 0.90, 0.60]  # large spread between seeds, constant gain
     rows = [{"workload": "w", "updater": "set", "sparsity": 0.9, "seed": i, "status": "ok",
              "distribution": d, "metric": b + (0.01 if d == "erk" else 0.0)}
@@ -199,9 +198,6 @@ def test_paired_ci_uses_per_seed_differences():
 
 
 def test_cl_workload_sparsity_scope():
-    from sparse_agents.study.grid import Job
-    from sparse_agents.study.workloads import run_cl
-
     settings = {"epochs": 1, "hidden": 16, "n_tasks": 2, "sparsity_scope": "network"}
     out = run_cl(Job("cl:split-digits", "uniform", 0.6, "set", 0, settings))
     assert out["task_sparsity"] == pytest.approx(0.8)  # each of 2 tasks owns 0.2
@@ -212,8 +208,6 @@ def test_cl_workload_sparsity_scope():
 
 
 def test_best_updater_names_winner_and_lead():
-    from sparse_agents.study.report import best_updater
-
     gain = {"set": 0.0, "rigl": 0.02, "srigl": 0.01, "dense": 0.5}
     rows = [{"workload": "w", "distribution": "erk", "sparsity": 0.9, "seed": i,
              "status": "ok", "updater": u, "metric": b + g}
@@ -224,12 +218,15 @@ def test_best_updater_names_winner_and_lead():
 
 
 def test_rl_stream_workload():
-    from sparse_agents.study.grid import Job
-    from sparse_agents.study.workloads import run_rl_stream
-
     settings = {"steps_per_task": 128, "n_tasks": 2, "eval_episodes": 1}
     out = run_rl_stream(Job("rlstream:cartpole-physics", "erk", 0.8, "set", 0, settings))
     assert out["metric_name"] == "average_final_return" and out["metric"] > 0
     assert {"final_return_task0", "final_return_task1", "forgetting"} <= set(out)
     assert out["forgetting"] == pytest.approx(0.0, abs=1e-9)  # per-task masks
     assert all(isinstance(v, float) for v in out["masks"].values())
+
+
+def test_cli_choices_come_from_the_registries():
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert tuple(actions["updaters"].choices) == updater_names(dense=True)
+    assert tuple(actions["distributions"].choices) == tuple(METHODS)

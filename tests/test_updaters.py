@@ -1,11 +1,17 @@
-"""Pure updaters: SET, RigL, SRigL (DESIGN.md section 3)."""
+"""Pure updaters (one update of one layer): static, SET, unfired, RigL, SRigL."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_agents.updaters import rigl_update, set_update, srigl_update, static_update
+from sparse_agents.updaters import (
+    rigl_update,
+    set_update,
+    srigl_update,
+    static_update,
+    unfired_update,
+)
 from sparse_agents.updaters.base import row_topk, topk
 from sparse_agents.updaters.srigl import constant_fan_in_mask
 
@@ -42,20 +48,60 @@ def test_topk_never_picks_non_candidates():
 
 
 # --------------------------------------------------------------- SET / RigL
-@pytest.mark.parametrize("fn", [set_update, rigl_update])
+@pytest.mark.parametrize("fn", [set_update, unfired_update, rigl_update])
 def test_unstructured_keeps_count_and_drops_smallest(fn):
     w, mask, grad = random_layer()
     n_drop = 20
+    mags = w.abs()[mask]
+    assert mags.unique().numel() == mags.numel()  # distinct: "the n_drop smallest" is exact
+    cut = mags.sort().values[n_drop]  # smallest magnitude that must stay
+    must_stay = mask & (w.abs() >= cut)
+    must_go = mask & (w.abs() < cut)
+    assert int(must_go.sum()) == n_drop
     new = fn(w, mask, grad, n_drop, gen())
-    assert new.sum() == mask.sum()
-    survivors = mask & new
-    dropped = mask & ~new
-    # Every dropped weight is no larger than every weight that stayed, unless it was
-    # dropped and regrown (then it counts as kept).
-    assert int(dropped.sum()) <= n_drop
-    kept_by_magnitude = topk(w.abs(), int(mask.sum()) - n_drop, gen(), mask)
-    assert (kept_by_magnitude <= new).all()
-    assert (survivors | dropped).sum() == mask.sum()
+    assert int(new.sum()) == int(mask.sum())
+    # Exactly the n_drop smallest-|w| active entries are dropped: every larger one
+    # survives, and only the smallest ones may be missing from the new mask.
+    assert (must_stay <= new).all()
+    assert ((mask & ~new) <= must_go).all()
+    # Exactly n_drop entries are grown (a dropped entry may be regrown).
+    assert int((new & ~must_stay).sum()) == n_drop
+    # With growth barred from the active positions, no dropped entry can be regrown,
+    # so the dropped set is observable: it is exactly the n_drop smallest.
+    new = fn(w, mask, grad, n_drop, gen(), allowed=~mask)
+    assert torch.equal(mask & ~new, must_go)
+    assert int((new & ~mask).sum()) == n_drop
+
+
+def test_unfired_never_regrows_an_ever_active_position_while_others_remain():
+    w, mask, grad = random_layer(n_out=8, fan_in=16, density=0.25)
+    g = torch.Generator().manual_seed(3)
+    ever = mask | (torch.rand(mask.shape, generator=g) < 0.5)  # history beyond the mask
+    n_never = int((~ever).sum())
+    n_drop = 10
+    assert n_never > n_drop
+    for seed in range(5):
+        new = unfired_update(w, mask, grad, n_drop, gen(seed), ever_active=ever)
+        grown = new & ~mask
+        assert int(new.sum()) == int(mask.sum())
+        assert int(grown.sum()) == n_drop and not bool((grown & ever).any())
+
+
+def test_unfired_falls_back_to_random_when_no_never_active_position_is_left():
+    w, mask, grad = random_layer(n_out=8, fan_in=16, density=0.25)
+    ever = mask.clone()
+    never = ~ever
+    never_idx = never.nonzero()[:3]
+    ever[:] = True
+    ever[never_idx[:, 0], never_idx[:, 1]] = False  # only 3 never-active positions
+    cut = w.abs()[mask].sort().values[10]
+    kept = mask & (w.abs() >= cut)  # what the magnitude drop of 10 keeps
+    new = unfired_update(w, mask, grad, 10, gen(), ever_active=ever)
+    grown = new & ~kept
+    assert int(new.sum()) == int(mask.sum()) and bool((kept <= new).all())
+    assert int(grown.sum()) == 10
+    assert bool((~ever <= grown).all())  # the 3 never-active positions are taken first
+    assert int((grown & ever).sum()) == 7  # the rest at random among the others
 
 
 def test_rigl_grows_largest_gradients():
@@ -141,6 +187,29 @@ def test_srigl_ablates_weak_rows_and_redistributes_budget():
     assert (f[2:] == k).all()
 
 
+def test_srigl_ablated_row_does_not_use_up_the_keep_quota():
+    # Budget 12, fan-in 3 everywhere, gamma_sal 0.7 (threshold int(0.7 * 3) = 2), n_drop 3.
+    # Row 0 has one large weight and two tiny ones: 1 salient entry, so it is ablated.
+    # Its 9.0 is among the top-9 magnitudes, but an ablated row must not use up the
+    # keep quota: the alive rows keep all 9 of their active weights (row 3's 0.5
+    # included) and each grows its largest-|grad| inactive entry to reach k = 12 // 3.
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[:, :3] = True
+    w = torch.zeros(4, 6)
+    w[0, :3] = torch.tensor([9.0, 0.001, 0.002])
+    w[1, :3] = torch.tensor([1.0, 2.0, 3.0])
+    w[2, :3] = torch.tensor([1.5, 2.5, 3.5])
+    w[3, :3] = torch.tensor([0.5, 4.0, 5.0])
+    grad = torch.zeros(4, 6)
+    grad[0, 3:] = 0.01
+    for r in range(1, 4):
+        grad[r, 3:] = torch.tensor([10.0, 20.0, 30.0]) + r
+    new = srigl_update(w, mask, grad, 3, gen(), budget=12, gamma_sal=0.7)
+    expected = torch.zeros(4, 6, dtype=torch.bool)
+    expected[1:, [0, 1, 2, 5]] = True
+    assert torch.equal(new, expected)
+
+
 def test_srigl_gamma_sal_is_honoured():
     w, mask, grad, budget = srigl_layer(n_out=8, fan_in=64, density=0.25)
     # Row 0 keeps a few strong weights: salient count ~ 3 of K=16.
@@ -155,7 +224,7 @@ def test_srigl_gamma_sal_is_honoured():
     assert fan_ins(strict)[0] == 0  # 3 < int(0.5*16)=8: ablated
 
 
-def test_srigl_output_layer_never_ablated():
+def test_srigl_allow_ablation_false_never_ablates():
     w, mask, grad, budget = srigl_layer(n_out=8, fan_in=64, density=0.25)
     w[:3] *= 1e-6
     grad[:3] *= 1e-6
@@ -245,7 +314,7 @@ def test_property_srigl_fan_in(n_out, fan_in, density, gamma, frac, seed, ablate
     density=st.floats(0.01, 1.0),
     frac=st.floats(0.0, 0.99),
     seed=st.integers(0, 10_000),
-    which=st.sampled_from(["set", "rigl"]),
+    which=st.sampled_from(["set", "unfired", "rigl"]),
 )
 def test_property_unstructured_count(shape, density, frac, seed, which):
     n = max(1, round(density * shape[0] * shape[1]))
@@ -253,6 +322,6 @@ def test_property_unstructured_count(shape, density, frac, seed, which):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(shape, generator=g) * mask
     grad = torch.randn(shape, generator=g)
-    fn = set_update if which == "set" else rigl_update
+    fn = {"set": set_update, "unfired": unfired_update, "rigl": rigl_update}[which]
     new = fn(w, mask, grad, int(n * frac), gen(seed))
     assert int(new.sum()) == n

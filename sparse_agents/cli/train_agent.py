@@ -27,27 +27,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sparse_agents.sb3.experiment import (
-    ALGOS,
-    DEFAULT_ENV,
-    HYPERPARAMS,
-    UPDATERS,
-    evaluation_callback,
-    make_agent,
-)
+from sparse_agents.distributions import METHODS
+from sparse_agents.experiments.hyperparams import HYPERPARAMS
+from sparse_agents.experiments.rl import ALGOS, DEFAULT_ENV, evaluation_callback, make_agent
+from sparse_agents.updaters import DENSE, updater_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sparse-train", description=__doc__.split("\n\n")[0],
+        epilog="Each run trains from scratch and overwrites the files in --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--algo", choices=ALGOS, default="ppo")
     p.add_argument("--env", default=None, help="Gymnasium id (default: CartPole-v1, "
                    "Pendulum-v1 for sac/td3)")
-    p.add_argument("--updater", choices=UPDATERS, default="srigl",
+    p.add_argument("--updater", choices=updater_names(dense=True), default="srigl",
                    help="topology updater; 'dense' trains SB3's plain policy")
     p.add_argument("--sparsity", type=float, default=0.9)
-    p.add_argument("--distribution", choices=("erk", "er", "uniform"), default="erk")
+    p.add_argument("--distribution", choices=METHODS, default="erk")
     p.add_argument("--delta-t", type=int, default=None,
                    help="optimizer steps between topology updates (default 100)")
     p.add_argument("--drop-fraction", type=float, default=0.3)
@@ -141,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (["tensorboard"] if args.tensorboard else [])
     model.set_logger(configure(str(out), formats))
     label = (f"{args.algo.upper()} {env_id} "
-             + ("dense" if args.updater == "dense"
+             + ("dense" if args.updater == DENSE
                 else f"{args.updater} {args.sparsity:.0%} {args.distribution}"))
     rows: list = []
     show = not args.no_progress
@@ -171,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics = model.policy.sparse_metrics() if hasattr(model.policy, "sparse_metrics") else {}
     summary = {
         "algo": args.algo, "env": env_id, "updater": args.updater,
-        "sparsity": 0.0 if args.updater == "dense" else args.sparsity,
+        "sparsity": 0.0 if args.updater == DENSE else args.sparsity,
         "distribution": args.distribution, "seed": args.seed, "timesteps": args.timesteps,
         "final_mean": rows[-1][1] if rows else math.nan,
         "final_std": rows[-1][2] if rows else math.nan,

@@ -1,11 +1,11 @@
-"""Condensed inference copies of sparse models (DESIGN section 5).
+"""Condensed inference copies of sparse models.
 
 >>> from sparse_agents.condensed import condense
 >>> fast = condense(model)      # outputs equal model(x); masks stay the truth
 >>> ...train model...
 >>> fast.refresh()              # re-gather values; indices only if a mask changed
 
-See ``docs/condensed.md`` for layouts, kernels and measured speed-ups.
+See ``docs/condensed.md`` for masks accepted, layouts, kernels and measured speed-ups.
 """
 
 from sparse_agents.condensed.convert import (

@@ -1,22 +1,6 @@
-"""``condense(model)``: an inference copy of a masked model with condensed layers.
-
-A *chain* is a maximal run ``Linear, act..., Linear, act..., Linear`` inside an
-``nn.Sequential`` (acts: element-wise activations), holding at least one masked
-``nn.Linear`` (one with a ``weight_mask`` buffer). Each Linear of a chain becomes a
-:class:`~sparse_agents.condensed.layers.CondensedLinear` in place, so the Sequential
-keeps its layout (``policy_net[0]`` is still the first layer). Along a chain:
-
-* a row with no active weight (an *ablated* neuron) outputs the constant
-  ``act(bias)``: it is folded into the next layer's bias and dropped from both
-  layers; a row whose only inputs are such constants becomes constant in turn;
-* a row whose output no later row reads is dropped too;
-* the layers between the chain's ends compute only the kept neurons (a compact
-  output); the last one writes the full width, constants included.
-
-A masked ``nn.Linear`` outside any chain (e.g. an SB3 ``action_net``) is condensed
-alone. Masked layers that cannot be condensed (convolutions, Linear subclasses) stay
-dense-masked; :func:`condense` says so with a :class:`CondenseWarning` and in the
-copy's ``condense_report``.
+"""``condense(model)``: an inference copy of a masked model with its masked ``nn.Linear``
+layers condensed, and ``refresh()`` to bring it up to date after training.
+See ``docs/condensed.md`` for what is condensed, folded and kept.
 """
 
 from __future__ import annotations
@@ -29,8 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from sparse_agents.condensed.layers import CondensedLinear, PaddedCondensedLinear, index_dtype
-from sparse_agents.topology import MASK_BUFFER as MASK
+from sparse_agents.condensed.chain import Chain, dead_ref
+from sparse_agents.condensed.kernels import KERNELS
+from sparse_agents.condensed.layers import CondensedLinear, PaddedCondensedLinear, condense_linear
+from sparse_agents.condensed.masks import has_mask, is_plain_linear, mask_of
 from sparse_agents.topology import MASKABLE
 
 __all__ = ["ELEMENTWISE", "CondenseReport", "CondenseWarning", "condense", "condense_linear",
@@ -46,10 +32,15 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
 #: masked layer types that are reported when kept dense-masked (the topology's, plus
 #: Bilinear for masks users add themselves)
 _MASKABLE = (*MASKABLE, nn.Bilinear)
+_LAYER_TYPES = (CondensedLinear, PaddedCondensedLinear)
+#: said (report note and warning) when a model has nothing to condense
+NO_MASK = ("no masked layer found, nothing was condensed: give the model's nn.Linear "
+           "layers masks with a SparseTopology, a 'weight_mask' buffer (bool or 0/1), or "
+           "torch's pruning API (torch.nn.utils.prune, torch.ao.pruning)")
 
 
 class CondenseWarning(UserWarning):
-    """A masked layer was kept dense-masked because it cannot be condensed."""
+    """:func:`condense` kept a masked layer dense-masked, or found nothing to condense."""
 
 
 @dataclass
@@ -69,11 +60,12 @@ class LayerReport:
 
 @dataclass
 class CondenseReport:
-    """What :func:`condense` did: ``condensed`` layers, and masked layers ``kept`` dense
-    (name, type, reason)."""
+    """What :func:`condense` did: ``condensed`` layers, masked layers ``kept`` dense
+    (name, type, reason), and ``notes`` (e.g. that the model had no masked layer)."""
 
     condensed: list[LayerReport] = field(default_factory=list)
     kept: list[tuple[str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = ["condensed layers:"]
@@ -85,217 +77,15 @@ class CondenseReport:
         if self.kept:
             lines.append("kept dense-masked:")
             lines += [f"  {n} ({t}): {why}" for n, t, why in self.kept]
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- chains
-def _mask_of(linear: nn.Linear) -> Tensor:
-    mask = getattr(linear, MASK, None)
-    if mask is None:
-        return torch.ones(linear.weight.shape, dtype=torch.bool, device=linear.weight.device)
-    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(linear.weight.shape):
-        raise ValueError(f"weight_mask must be a tensor with the weight's shape "
-                         f"{tuple(linear.weight.shape)}, got "
-                         f"{tuple(getattr(mask, 'shape', ())) or type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise ValueError(f"weight_mask must be a bool tensor, got {mask.dtype}")
-    return mask
-
-
-def _ell(mk: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """ELL layout of a bool matrix: (row, col of each active entry in row-major order,
-    position in its row, lengths, valid [n, kmax])."""
-    r, c = mk.nonzero(as_tuple=True)
-    n = mk.shape[0]
-    lengths = mk.sum(1)
-    kmax = int(lengths.max()) if n else 0
-    starts = torch.cumsum(lengths, 0) - lengths
-    pos = torch.arange(r.numel(), device=mk.device) - starts[r]
-    valid = torch.zeros(n, kmax, dtype=torch.bool, device=mk.device)
-    valid[r, pos] = True
-    return r, c, pos, lengths, valid
-
-
-@dataclass
-class _LinkPlan:
-    rows: Tensor  # kept source rows, sorted
-    cols: Tensor | None  # kept source columns (None: all, first layer)
-    const: Tensor  # source rows whose output is constant
-    prev_const: Tensor | None  # source columns carrying constants from the previous layer
-    flat: Tensor  # [n, k] flat source position of each entry (0 where padded)
-    valid: Tensor  # [n, k]
-    indices: Tensor  # [n, k] column in the layer's (compact) input
-    lengths: Tensor
-    in_width: int
-    out_width: int
-    ablated: int
-    dropped: int
-
-
-def _plan(masks: list[Tensor]) -> list[_LinkPlan]:
-    n_links = len(masks)
-    alive: list[Tensor] = []
-    prev = None
-    for m in masks:
-        a = (m if prev is None else m[:, prev]).any(1)
-        alive.append(a)
-        prev = a
-    keep = list(alive)
-    for layer in range(n_links - 2, -1, -1):
-        used = masks[layer + 1][keep[layer + 1]].any(0)
-        keep[layer] = alive[layer] & used
-    plans = []
-    for layer, m in enumerate(masks):
-        rows = keep[layer].nonzero().squeeze(1)
-        last = layer == n_links - 1
-        cols = None if layer == 0 else keep[layer - 1].nonzero().squeeze(1)
-        mk = m[rows] if cols is None else m[rows][:, cols]
-        r, c, pos, lengths, valid = _ell(mk)
-        src_c = c if cols is None else cols[c]
-        flat = torch.zeros(valid.shape, dtype=torch.long, device=m.device)
-        flat[r, pos] = rows[r] * m.shape[1] + src_c
-        indices = torch.zeros(valid.shape, dtype=torch.long, device=m.device)
-        indices[r, pos] = c
-        in_width = m.shape[1] if cols is None else cols.numel()
-        plans.append(_LinkPlan(
-            rows=rows, cols=cols, const=(~alive[layer]).nonzero().squeeze(1),
-            prev_const=None if layer == 0 else (~alive[layer - 1]).nonzero().squeeze(1),
-            flat=flat, valid=valid, indices=indices.to(index_dtype(in_width)),
-            lengths=lengths.to(torch.int32), in_width=in_width,
-            out_width=m.shape[0] if last else rows.numel(),
-            ablated=int((~alive[layer]).sum()),
-            dropped=int((alive[layer] & ~keep[layer]).sum())))
-    return plans
-
-
-def _apply_acts(acts: list[nn.Module], v: Tensor) -> Tensor:
-    for act in acts:
-        if not isinstance(act, (nn.Dropout, nn.AlphaDropout)):  # identity at inference
-            v = act(v)
-    return v
-
-
-class _Chain:
-    """Sources (weak references to the training model's Linears), the activations
-    between them, and the condensed layers built from them."""
-
-    def __init__(self, sources: list[nn.Linear], acts: list[list[nn.Module]],
-                 names: list[str], kernel: str = "auto") -> None:
-        self._sources = [weakref.ref(s) for s in sources]
-        self.acts = acts
-        self.names = names
-        self.kernel = kernel
-        self.layers: list[CondensedLinear] = []
-        self._snap: list[Tensor] = []
-        self._plans: list[_LinkPlan] = []
-
-    # copies keep pointing at the same sources; pickles drop them
-    def __deepcopy__(self, memo):
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        for key, value in self.__dict__.items():
-            new.__dict__[key] = value if key == "_sources" else copy.deepcopy(value, memo)
-        return new
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_sources"] = [None] * len(self._sources)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._sources = [_dead for _ in self._sources]
-
-    def sources(self) -> list[nn.Linear]:
-        out = [ref() for ref in self._sources]
-        if any(s is None for s in out):
-            raise RuntimeError("the source model of this condensed copy no longer exists "
-                               "(garbage-collected or unpickled copy): nothing to refresh from")
-        return out
-
-    @torch.inference_mode(False)
-    def build(self) -> list[CondensedLinear]:
-        """Create the condensed layers (first time)."""
-        sources = self.sources()
-        masks = [_mask_of(s) for s in sources]
-        self._install(sources, masks, new=True)
-        return self.layers
-
-    @torch.inference_mode(False)
-    def refresh(self, force: bool = False) -> bool:
-        sources = self.sources()
-        masks = [_mask_of(s) for s in sources]
-        changed = force or len(masks) != len(self._snap) or any(
-            m.shape != s.shape or m.device != s.device or not torch.equal(m, s)
-            for m, s in zip(masks, self._snap, strict=True))
-        if changed:
-            self._install(sources, masks, new=False)
-        else:
-            for layer, (values, bias, fill) in zip(self.layers, self._values(sources, masks),
-                                                   strict=True):
-                layer._set_values(values, bias, fill)
-        return changed
-
-    def _install(self, sources, masks, new: bool) -> None:
-        with torch.no_grad():
-            self._plans = _plan(masks)
-            self._snap = [m.clone() for m in masks]
-            vals = self._values(sources, masks)
-        for i, (plan, (values, bias, fill)) in enumerate(zip(self._plans, vals, strict=True)):
-            last = i == len(self._plans) - 1
-            varying = plan.rows.numel() > 0 and bool((plan.lengths != plan.valid.shape[1]).any())
-            cls = PaddedCondensedLinear if varying else CondensedLinear
-            kwargs = dict(in_features=plan.in_width, out_features=plan.out_width,
-                          lengths=plan.lengths, fill=fill if last else None)
-            rows = plan.rows if last else None
-            if new:
-                layer = cls(values, plan.indices, bias, rows, kernel=self.kernel, **kwargs)
-                layer._chain, layer._link, layer.source_name = self, i, self.names[i]
-                layer.contiguous_output = last
-                self.layers.append(layer)
-                layer.source_rows = plan.rows.to(layer.values.device)
-            else:
-                layer = self.layers[i]
-                dev = layer.values.device
-                dtype = layer.values.dtype
-                layer.__class__ = cls
-                layer._set_structure(
-                    values.to(dev, dtype), plan.indices.to(dev), bias.to(dev, dtype),
-                    None if rows is None else rows.to(dev),
-                    **{**kwargs, "lengths": plan.lengths.to(dev),
-                       "fill": None if kwargs["fill"] is None else kwargs["fill"].to(dev, dtype)})
-                layer.source_rows = plan.rows.to(dev)
-
-    def _values(self, sources, masks) -> list[tuple[Tensor, Tensor, Tensor | None]]:
-        """(values, bias, fill) per layer, with constants folded forward."""
-        out = []
-        carried = None  # constant outputs of the previous layer's const rows
-        with torch.no_grad():
-            for i, (src, m, plan) in enumerate(zip(sources, masks, self._plans, strict=True)):
-                w = src.weight.detach()
-                b = src.bias.detach() if src.bias is not None else torch.zeros(
-                    w.shape[0], dtype=w.dtype, device=w.device)
-                beff = b.clone()
-                if plan.prev_const is not None and plan.prev_const.numel():
-                    wc = w[:, plan.prev_const] * m[:, plan.prev_const]
-                    beff = beff + wc @ carried
-                values = w.reshape(-1)[plan.flat] * plan.valid
-                if i < len(sources) - 1:
-                    carried = _apply_acts(self.acts[i], beff[plan.const])
-                last = i == len(sources) - 1
-                out.append((values, beff[plan.rows], beff if last else None))
-        return out
-
-
-def _dead():
-    return None
-
-
-def _report(chain: _Chain) -> list[LayerReport]:
+def _report(chain: Chain) -> list[LayerReport]:
+    """One :class:`LayerReport` per layer of a freshly built chain."""
     out = []
-    for src_ref, name, plan, layer in zip(chain._sources, chain.names, chain._plans,
-                                          chain.layers, strict=True):
-        src = src_ref()
+    for src, name, plan, layer in zip(chain.sources(), chain.names, chain.plans,
+                                      chain.layers, strict=True):
         out.append(LayerReport(
             name=name, in_features=src.in_features, out_features=src.out_features,
             kept_in=plan.in_width, n_alive=layer.n_alive, fan_in=layer.fan_in, nnz=layer.nnz,
@@ -304,52 +94,12 @@ def _report(chain: _Chain) -> list[LayerReport]:
     return out
 
 
-def condense_linear(linear: nn.Linear, mask: Tensor | None = None, *,
-                    kernel: str = "auto") -> CondensedLinear:
-    """Condense one ``nn.Linear`` (see :meth:`CondensedLinear.from_linear`)."""
-    if not isinstance(linear, nn.Linear):
-        raise ValueError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-    if mask is not None:
-        if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(linear.weight.shape):
-            raise ValueError(f"mask must have the weight's shape {tuple(linear.weight.shape)}, "
-                             f"got {tuple(getattr(mask, 'shape', ())) or type(mask).__name__}")
-        mask = mask.to(device=linear.weight.device, dtype=torch.bool)
-        linear = _MaskedView(linear, mask)
-    elif getattr(linear, MASK, None) is None:
-        linear = _MaskedView(linear, linear.weight.detach() != 0)
-    else:
-        _mask_of(linear)
-    chain = _Chain([linear], [[]], ["linear"], kernel=kernel)
-    layer = chain.build()[0]
-    if isinstance(linear, _MaskedView):  # only weakly referenced by the chain: keep it
-        object.__setattr__(layer, "_keepalive", linear)
-    return layer
-
-
-class _MaskedView(nn.Module):
-    """A Linear seen through an explicit mask (for ``from_linear(linear, mask)``)."""
-
-    def __init__(self, linear: nn.Linear, mask: Tensor) -> None:
-        super().__init__()
-        object.__setattr__(self, "_linear", linear)
-        self.register_buffer(MASK, mask)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    @property
-    def weight(self) -> Tensor:
-        return self._linear.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return self._linear.bias
-
-
 # ---------------------------------------------------------------------------- condense
 class _CondenseState:
     """Kept on the copy (``model._condense_state``): its source, chains, and the names
     of the parameters/buffers that are plain copies of the source's."""
 
-    def __init__(self, source: nn.Module, chains: list[_Chain], copied: list[str]) -> None:
+    def __init__(self, source: nn.Module, chains: list[Chain], copied: list[str]) -> None:
         self._source = weakref.ref(source)
         self.chains = chains
         self.copied = copied
@@ -368,7 +118,7 @@ class _CondenseState:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._source = _dead
+        self._source = dead_ref
 
     def source(self) -> nn.Module:
         src = self._source()
@@ -403,7 +153,7 @@ def refresh(model: nn.Module, force: bool = False) -> bool:
     since the last refresh (or ``force``). Returns whether any structure changed.
     """
     state = getattr(model, "_condense_state", None)
-    chains: list[_Chain] = []
+    chains: list[Chain] = []
     if isinstance(state, _CondenseState):
         src = _tensors(state.source())
         dst = _tensors(model)
@@ -424,13 +174,17 @@ def refresh(model: nn.Module, force: bool = False) -> bool:
 
 def _inference_copy(model: nn.Module) -> nn.Module:
     """A deep copy without optimizers (SB3 policies hold one; its hooks may reference
-    a SparseTopology and, through it, the whole training state)."""
+    a SparseTopology and, through it, the whole training state), with graph tensors
+    copied detached (see :func:`_memo_graph_tensors`)."""
     memo: dict[int, object] = {}
     for m in model.modules():
         for value in vars(m).values():
             if isinstance(value, torch.optim.Optimizer):
                 memo[id(value)] = None
-            elif not isinstance(value, (nn.Module, Tensor)) and hasattr(value, "__dict__"):
+            elif isinstance(value, Tensor):
+                if value.grad_fn is not None:  # torch.nn.utils.prune's ``weight``
+                    memo[id(value)] = value.detach().clone()
+            elif not isinstance(value, nn.Module) and hasattr(value, "__dict__"):
                 _memo_graph_tensors(value, memo)
     return copy.deepcopy(model, memo)
 
@@ -452,7 +206,7 @@ def _runs(seq: nn.Sequential) -> list[list[tuple[str, nn.Linear, list[nn.Module]
     (child key, linear, acts after it)."""
     runs, cur, acts = [], [], []
     for key, child in seq._modules.items():
-        if type(child) is nn.Linear:
+        if is_plain_linear(child):
             if cur:
                 cur[-1] = (cur[-1][0], cur[-1][1], acts)
             cur.append((key, child, []))
@@ -468,14 +222,126 @@ def _runs(seq: nn.Sequential) -> list[list[tuple[str, nn.Linear, list[nn.Module]
     return runs
 
 
+# ---------------------------------------------------------------------------- condense steps
+@dataclass
+class _Found:
+    """What the steps of :func:`condense` collect on the copy: chains built, layers to
+    swap in (parent, attribute, layer), names of the condensed Linears, layers kept."""
+
+    chains: list[Chain] = field(default_factory=list)
+    swaps: list[tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)
+    kept: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, chain: Chain, places: list[tuple[nn.Module, str]]) -> None:
+        """Build ``chain``; its layers go to ``places`` (parent, attribute) later."""
+        for (parent, attr), layer in zip(places, chain.build(), strict=True):
+            self.swaps.append((parent, attr, layer))
+        self.chains.append(chain)
+        self.done.update(chain.names)
+
+
+def _check_arguments(model: nn.Module, kernel: str) -> None:
+    """``model`` is a module, ``kernel`` is known, and every Linear's mask is valid."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if kernel != "auto" and kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'auto' or one of {KERNELS}, got {kernel!r}")
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and has_mask(m):
+            try:
+                mask_of(m)
+            except ValueError as err:
+                raise ValueError(f"layer {name!r}: {err}") from None
+
+
+def _condense_sequentials(target: nn.Module, src_mods: dict[str, nn.Module], kernel: str,
+                          found: _Found) -> None:
+    """Condense every Linear run holding a masked Linear inside an ``nn.Sequential``."""
+    for seq_name, seq in list(target.named_modules()):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for run in _runs(seq):
+            names = [f"{seq_name}.{key}" if seq_name else key for key, _, _ in run]
+            if not any(has_mask(src_mods[n]) for n in names):
+                continue
+            chain = Chain([src_mods[n] for n in names], [acts for _, _, acts in run], names,
+                          layer_types=_LAYER_TYPES, kernel=kernel)
+            found.add(chain, [(seq, key) for key, _, _ in run])
+
+
+def _condense_standalone(target: nn.Module, src_mods: dict[str, nn.Module], kernel: str,
+                         found: _Found) -> None:
+    """Condense the remaining masked Linears alone; note masked layers kept dense."""
+    for name, m in list(target.named_modules()):
+        if name in found.done or not has_mask(m):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = target.get_submodule(parent_name) if name else None
+        if is_plain_linear(m) and parent is not None and \
+                not isinstance(parent, nn.MultiheadAttention):
+            chain = Chain([src_mods[name]], [[]], [name], layer_types=_LAYER_TYPES,
+                          kernel=kernel)
+            found.add(chain, [(parent, attr)])
+        elif isinstance(m, _MASKABLE):
+            why = ("a Linear subclass or a Linear its parent may use directly"
+                   if isinstance(m, nn.Linear) else f"{type(m).__name__} is not condensed")
+            found.kept.append((name or "<model>", type(m).__name__, why))
+
+
+def _make_report(found: _Found) -> CondenseReport:
+    """The :class:`CondenseReport` of what was condensed and kept."""
+    report = CondenseReport(kept=found.kept)
+    for chain in found.chains:
+        report.condensed += _report(chain)
+    if not report.condensed and not report.kept:
+        report.notes.append(NO_MASK)
+    return report
+
+
+def _warn(report: CondenseReport) -> None:
+    """A :class:`CondenseWarning` for layers kept dense-masked and for each note."""
+    if report.kept:
+        kept = ", ".join(f"{n} ({t})" for n, t, _ in report.kept)
+        warnings.warn(f"condense: kept dense-masked (not condensed): {kept}", CondenseWarning,
+                      stacklevel=3)
+    for note in report.notes:
+        warnings.warn(f"condense: {note}", CondenseWarning, stacklevel=3)
+
+
+def _attach_state(target: nn.Module, model: nn.Module, found: _Found,
+                  report: CondenseReport) -> None:
+    """Give the copy its source, chains, report and ``refresh``."""
+    src_t, dst_t = _tensors(model), _tensors(target)
+    # tensors of condensed layers are re-gathered by their chains, never copied (an
+    # ablated neuron's bias shrinks the condensed bias: its name matches, its shape not)
+    inside = tuple(f"{n}." for n in found.done)
+    copied = [n for n, t in dst_t.items()
+              if n in src_t and src_t[n].shape == t.shape and not n.startswith(inside)]
+    target._condense_state = _CondenseState(model, found.chains, copied)
+    target.condense_report = report
+    if not hasattr(target, "refresh"):
+        target.refresh = _Refresh(target)
+
+
+def _freeze(target: nn.Module) -> nn.Module:
+    """Eval mode, no parameter requires grad."""
+    target.eval()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
 def condense(model: nn.Module, *, kernel: str = "auto", warn: bool = True) -> nn.Module:
     """An inference copy of ``model`` whose masked linear layers are condensed.
 
     Works on any ``nn.Module``: ``nn.Sequential`` MLPs, SB3 policies (the
     ``mlp_extractor`` networks, ``action_net``/``value_net``, DQN's ``q_net``, actor
     and critic MLPs) and models that contain such parts; everything else is copied as
-    is. The copy's outputs equal ``model``'s (float tolerance). Returns a copy of the
-    same class, in eval mode without gradients, with
+    is. Masks are ``weight_mask`` buffers (``SparseTopology``, ``torch.nn.utils.prune``)
+    or parametrizations holding a ``mask`` (``torch.ao.pruning``). The copy's outputs
+    equal ``model``'s (float tolerance). Returns a copy of the same class, in eval mode
+    without gradients, with
 
     * ``copy.refresh()`` (also :func:`refresh`): update it after training;
     * ``copy.condense_report``: a :class:`CondenseReport` of what was condensed and
@@ -484,80 +350,21 @@ def condense(model: nn.Module, *, kernel: str = "auto", warn: bool = True) -> nn
     Args:
         model: the (masked) model; it is not modified.
         kernel: ``"auto"`` or a kernel name forced on every condensed layer.
-        warn: warn (:class:`CondenseWarning`) about masked layers kept dense-masked.
+        warn: warn (:class:`CondenseWarning`) about masked layers kept dense-masked and
+            about a model without any masked layer.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    if kernel != "auto":
-        from sparse_agents.condensed.kernels import KERNELS
-
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be 'auto' or one of {KERNELS}, got {kernel!r}")
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and getattr(m, MASK, None) is not None:
-            try:
-                _mask_of(m)
-            except ValueError as err:
-                raise ValueError(f"layer {name!r}: {err}") from None
-    if type(model) is nn.Linear:
+    _check_arguments(model, kernel)
+    if is_plain_linear(model):
         return condense_linear(model, kernel=kernel)
     target = _inference_copy(model)
     src_mods = dict(model.named_modules())
-    report = CondenseReport()
-    chains: list[_Chain] = []
-    done: set[str] = set()
-    replace: list[tuple[nn.Module, str, CondensedLinear]] = []
-
-    def prefix(name: str) -> str:
-        return f"{name}." if name else ""
-
-    for seq_name, seq in list(target.named_modules()):
-        if not isinstance(seq, nn.Sequential):
-            continue
-        for run in _runs(seq):
-            names = [prefix(seq_name) + key for key, _, _ in run]
-            if not any(getattr(src_mods[n], MASK, None) is not None for n in names):
-                continue
-            chain = _Chain([src_mods[n] for n in names], [acts for _, _, acts in run], names,
-                           kernel=kernel)
-            for (key, _, _), layer in zip(run, chain.build(), strict=True):
-                replace.append((seq, key, layer))
-            chains.append(chain)
-            done.update(names)
-    for name, m in list(target.named_modules()):
-        if name in done or getattr(m, MASK, None) is None:
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = target.get_submodule(parent_name) if name else None
-        if type(m) is nn.Linear and parent is not None and \
-                not isinstance(parent, nn.MultiheadAttention):
-            chain = _Chain([src_mods[name]], [[]], [name], kernel=kernel)
-            replace.append((parent, attr, chain.build()[0]))
-            chains.append(chain)
-            done.add(name)
-        elif isinstance(m, _MASKABLE):
-            why = ("a Linear subclass or a Linear its parent may use directly"
-                   if isinstance(m, nn.Linear) else f"{type(m).__name__} is not condensed")
-            report.kept.append((name or "<model>", type(m).__name__, why))
-    for parent, attr, layer in replace:
+    found = _Found()
+    _condense_sequentials(target, src_mods, kernel, found)
+    _condense_standalone(target, src_mods, kernel, found)
+    for parent, attr, layer in found.swaps:
         setattr(parent, attr, layer)
-    for chain in chains:
-        report.condensed += _report(chain)
-    if report.kept and warn:
-        kept = ", ".join(f"{n} ({t})" for n, t, _ in report.kept)
-        warnings.warn(f"condense: kept dense-masked (not condensed): {kept}", CondenseWarning,
-                      stacklevel=2)
-    src_t, dst_t = _tensors(model), _tensors(target)
-    # tensors of condensed layers are re-gathered by their chains, never copied (an
-    # ablated neuron's bias shrinks the condensed bias: its name matches, its shape not)
-    inside = tuple(f"{n}." for n in done)
-    copied = [n for n, t in dst_t.items()
-              if n in src_t and src_t[n].shape == t.shape and not n.startswith(inside)]
-    target._condense_state = _CondenseState(model, chains, copied)
-    target.condense_report = report
-    if not hasattr(target, "refresh"):
-        target.refresh = _Refresh(target)
-    target.eval()
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return target
+    report = _make_report(found)
+    if warn:
+        _warn(report)
+    _attach_state(target, model, found, report)
+    return _freeze(target)

@@ -33,9 +33,12 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import numpy as np
 import torch
+
+from sparse_agents.timing import sample_interleaved, synchronize
 
 __all__ = [
     "CPU_KERNELS",
@@ -417,11 +420,6 @@ def pick(times: Mapping[str, float]) -> str:
     return best
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fns: Mapping[str, Callable], x: torch.Tensor, *, budget_s: float | None = None,
             rounds: int = 5, reference: str | None = "dense") -> dict[str, float]:
     """Median seconds per call of each candidate on input ``x``, interleaved.
@@ -429,8 +427,9 @@ def measure(fns: Mapping[str, Callable], x: torch.Tensor, *, budget_s: float | N
     Each candidate runs once first (compilation, lazy set-up) and, when ``reference``
     is given, its output is checked against the reference's; a candidate that fails or
     disagrees is dropped with a warning. Then ``rounds`` rounds time every candidate
-    in turn (interleaving evens out load changes); candidates more than 3x slower
-    than the best after the first round are dropped early.
+    in turn (:func:`sparse_agents.timing.sample_interleaved`, about ``budget_s`` in
+    all); candidates more than 3x slower than the best after the first round are
+    dropped early.
     """
     budget_s = MEASURE_BUDGET_S if budget_s is None else budget_s
     device = x.device
@@ -440,10 +439,10 @@ def measure(fns: Mapping[str, Callable], x: torch.Tensor, *, budget_s: float | N
     for name, fn in fns.items():
         try:
             fn(x)  # compile / build
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             y = fn(x)
-            _sync(device)
+            synchronize(device)
             first[name] = time.perf_counter() - t0
         except Exception as err:  # pragma: no cover - defensive
             warnings.warn(f"condensed kernel {name!r} failed and is skipped: {err}",
@@ -465,16 +464,6 @@ def measure(fns: Mapping[str, Callable], x: torch.Tensor, *, budget_s: float | N
     best_first = min(first[n] for n in live)
     per_call = max(best_first, 1e-7)
     reps = max(1, min(1000, int(budget_s / rounds / max(1, len(live)) / per_call)))
-    samples: dict[str, list[float]] = {n: [] for n in live}
-    for r in range(rounds):
-        for name, fn in live.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn(x)
-            _sync(device)
-            samples[name].append((time.perf_counter() - t0) / reps)
-        if r == 0 and len(live) > 1:
-            best = min(s[0] for s in samples.values())
-            live = {n: f for n, f in live.items() if samples[n][0] <= 3.0 * best}
+    samples = sample_interleaved({n: partial(fn, x) for n, fn in live.items()}, rounds=rounds,
+                                 calls=reps, warmup=0, device=device, drop_slower=3.0)
     return {n: float(np.median(s)) for n, s in samples.items()}

@@ -1,14 +1,8 @@
 """Condensed linear layers: ``y[:, rows[i]] = bias[i] + sum_j values[i, j] * x[:, indices[i, j]]``.
 
-:class:`CondensedLinear` holds a constant fan-in layer (every kept row has ``k`` active
-weights); :class:`PaddedCondensedLinear` is the ELLPACK variant for variable fan-in
-(rows padded to the largest fan-in, with per-row ``lengths``). Both compute with the
-fastest of several kernels for the input's batch size (see
-:mod:`sparse_agents.condensed.kernels`), CSR included as the fallback kernel.
-
-Layers built by :func:`sparse_agents.condensed.condense` (or :meth:`CondensedLinear.
-from_linear`) remember their source ``nn.Linear`` and can :meth:`~CondensedLinear.
-refresh` their values from it after training.
+:class:`CondensedLinear` (constant fan-in) and :class:`PaddedCondensedLinear` (ELLPACK,
+variable fan-in) compute with the fastest kernel of :mod:`sparse_agents.condensed.kernels`
+for the batch size; see ``docs/condensed.md``.
 """
 
 from __future__ import annotations
@@ -21,15 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparse_agents.condensed import kernels as K
+from sparse_agents.condensed.chain import condense_one, index_dtype
 
-__all__ = ["CondensedLinear", "PaddedCondensedLinear", "index_dtype"]
-
-INT16_LIMIT = 32768
-
-
-def index_dtype(in_features: int) -> torch.dtype:
-    """``int16`` when every column index fits (``in_features < 32768``), else ``int32``."""
-    return torch.int16 if in_features < INT16_LIMIT else torch.int32
+__all__ = ["CondensedLinear", "PaddedCondensedLinear", "condense_linear", "index_dtype"]
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -192,12 +180,10 @@ class CondensedLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None, *,
                     kernel: str = "auto") -> CondensedLinear:
-        """Condense one ``nn.Linear`` (its ``weight_mask`` buffer, or ``mask``; no mask:
-        the weight's nonzeros). Rows without an active weight output their bias.
-        The result can :meth:`refresh` from ``linear``. Returns a
-        :class:`PaddedCondensedLinear` when the fan-in varies between rows."""
-        from sparse_agents.condensed.convert import condense_linear
-
+        """Condense one ``nn.Linear`` through ``mask``, else its own mask (a ``weight_mask``
+        buffer or torch's pruning API), else its weight's nonzeros. Rows without an active
+        weight output their bias. The result can :meth:`refresh` from ``linear``. Returns
+        a :class:`PaddedCondensedLinear` when the fan-in varies between rows."""
         return condense_linear(linear, mask, kernel=kernel)
 
     # ------------------------------------------------------------------ info
@@ -492,3 +478,10 @@ class PaddedCondensedLinear(CondensedLinear):
                  fill: Tensor | None = None, kernel: str = "auto") -> None:
         super().__init__(values, indices, bias, rows, in_features=in_features,
                          out_features=out_features, lengths=lengths, fill=fill, kernel=kernel)
+
+
+def condense_linear(linear: nn.Linear, mask: Tensor | None = None, *,
+                    kernel: str = "auto") -> CondensedLinear:
+    """Condense one ``nn.Linear`` (see :meth:`CondensedLinear.from_linear`)."""
+    return condense_one(linear, mask, layer_types=(CondensedLinear, PaddedCondensedLinear),
+                        kernel=kernel)

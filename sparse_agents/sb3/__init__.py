@@ -6,11 +6,14 @@
 ...             policy_kwargs=dict(sparsity=0.9, updater="srigl", distribution="erk"))
 >>> model.learn(20_000)                      # masks, updates, metrics under sparse/
 >>> model.save("ppo_sparse"); PPO.load("ppo_sparse")   # masks and topology state return
+>>> PPO("SparseMlpPolicy", "CartPole-v1", policy_kwargs=dict(sparsity=0.9))  # same, by alias
 
 ``make_sparse(MyPolicy)`` sparsifies any SB3 policy class. See ``docs/rl.md``.
 """
 
+from sparse_agents.sb3.aliases import register_aliases, sparse_aliases
 from sparse_agents.sb3.callbacks import SparsityCallback
+from sparse_agents.sb3.extractors import MinAtarCNN
 from sparse_agents.sb3.mixin import (
     SPARSE_DEFAULTS,
     SparsePolicyMixin,
@@ -37,9 +40,15 @@ from sparse_agents.sb3.schedule import planned_optimizer_steps
 
 sparse_policy = make_sparse
 
+# "SparseMlpPolicy", "SparseCnnPolicy", "SparseMultiInputPolicy" in the policy_aliases of
+# PPO, A2C, DQN, SAC, TD3, DDPG (and sb3-contrib's QRDQN, TQC, TRPO, MaskablePPO,
+# RecurrentPPO when installed): see sparse_agents.sb3.aliases and docs/ecosystem.md
+register_aliases()
+
 __all__ = [
     "SPARSE_DEFAULTS",
     "CondensedRollout",
+    "MinAtarCNN",
     "SparseActorCriticCnnPolicy",
     "SparseActorCriticPolicy",
     "SparseDQNCnnPolicy",
@@ -57,6 +66,8 @@ __all__ = [
     "TopologyState",
     "make_sparse",
     "planned_optimizer_steps",
+    "register_aliases",
     "short_layer_names",
+    "sparse_aliases",
     "sparse_policy",
 ]

@@ -32,7 +32,7 @@ this module only wires it into SB3's life cycle.
 from __future__ import annotations
 
 import copy
-import dataclasses
+import inspect
 import math
 import re
 import sys
@@ -41,12 +41,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 
 from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.sb3.schedule import planned_optimizer_steps
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
-from sparse_agents.topology import MASK_BUFFER, SparseTopology, find_maskable
-from sparse_agents.updaters import UPDATERS
+from sparse_agents.topology import MASK_BUFFER, SparseTopology, find_maskable, match_layer
+from sparse_agents.updaters import get_updater
 
 __all__ = ["SPARSE_DEFAULTS", "SparsePolicyMixin", "TopologyState", "make_sparse",
            "record_metrics", "short_layer_names"]
@@ -80,11 +83,10 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
     """Validate the sparse options; ``ValueError`` names the parameter and its range."""
     opts = dict(opts)
     opts["sparsity"] = check_sparsity(opts["sparsity"])
-    if opts["updater"] not in UPDATERS:
-        raise ValueError(
-            f"updater must be one of {tuple(UPDATERS)}, got {opts['updater']!r} "
-            "(for a dense agent use the plain SB3 policy)"
-        )
+    try:
+        get_updater(opts["updater"])
+    except ValueError as err:
+        raise ValueError(f"{err} (for a dense agent use the plain SB3 policy)") from None
     if opts["distribution"] not in METHODS:
         raise ValueError(f"distribution must be one of {METHODS}, got {opts['distribution']!r}")
     if opts["schedule"] not in SCHEDULES:
@@ -107,6 +109,10 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
     if clash:
         raise ValueError(f"topology_kwargs must not repeat {sorted(clash)}: "
                          "pass them as policy_kwargs (grad_masking is always 'backward')")
+    unknown = set(kw or {}) - set(inspect.signature(SparseTopology).parameters)
+    if unknown:
+        raise ValueError(f"topology_kwargs has unknown keys {sorted(unknown)}: SparseTopology "
+                         "takes power, renormalise, ablate_output, exclude_layers, budgets, masks")
     for key in ("dense_layers", "output_layers"):
         value = opts[key]
         if isinstance(value, (str, int)):
@@ -116,13 +122,6 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def _match(pattern: str | int, index: int, name: str) -> bool:
-    """The core's layer-pattern rule: index, exact module/parameter name, or regex."""
-    if isinstance(pattern, int):
-        return pattern == index
-    return pattern in (name, f"{name}.weight") or re.fullmatch(pattern, name) is not None
-
-
 def _split_patterns(patterns, groups: list[list[str]], what: str) -> list[list]:
     """Give each topology the patterns that match its layers; every pattern must
     match somewhere (integer patterns index each topology's own layers)."""
@@ -130,7 +129,7 @@ def _split_patterns(patterns, groups: list[list[str]], what: str) -> list[list]:
     for pattern in patterns:
         hit = False
         for g, names in enumerate(groups):
-            if any(_match(pattern, i, n) for i, n in enumerate(names)):
+            if any(match_layer(pattern, i, n) for i, n in enumerate(names)):
                 out[g].append(pattern)
                 hit = True
         if not hit:
@@ -199,7 +198,10 @@ class SparseRuntime:
     """Everything live of a sparse policy: topologies, target pairs, the algorithm it
     trains under, metric cache, condensed rollout copy. Not copied with the policy."""
 
-    def __init__(self, policy: nn.Module, opts: dict[str, Any]) -> None:
+    def __init__(self, policy: nn.Module, opts: dict[str, Any],
+                 topologies: Mapping[str, SparseTopology] | None = None) -> None:
+        """``topologies``: use these (built elsewhere, e.g. by ``TaskMasks``) instead of
+        building one per optimizer in :meth:`build`."""
         self.opts = opts
         self.policy_ref = weakref.ref(policy)
         self.topologies: dict[str, SparseTopology] = {}
@@ -214,6 +216,17 @@ class SparseRuntime:
         self._recorded_key: tuple | None = None
         self._short: dict[str, str] = {}
         self.rollout = None  # CondensedRollout, set by the policy when enabled
+        if topologies is not None:
+            self.topologies = dict(topologies)
+            self._short = self._short_names()
+
+    def _short_names(self) -> dict[str, str]:
+        return short_layer_names(
+            layer.module_name for topo in self.topologies.values() for layer in topo.layers)
+
+    def restart_schedule(self) -> None:
+        """Place ``t_end`` afresh at the next ``learn()`` (e.g. when a new task starts)."""
+        self._learn_key = None
 
     def __deepcopy__(self, memo):
         return None
@@ -258,8 +271,7 @@ class SparseRuntime:
                 seed=opts["seed"] + i, output_layers=outputs[i],
                 grad_masking="backward", **extra)
         self._build_targets(policy)
-        self._short = short_layer_names(
-            layer.module_name for topo in self.topologies.values() for layer in topo.layers)
+        self._short = self._short_names()
 
     def _build_targets(self, policy: nn.Module) -> None:
         """Pair every masked module reachable from ``<x>`` with the module at the same
@@ -323,7 +335,7 @@ class SparseRuntime:
             sd = dict(saved[key])
             t_end = sd.pop("t_end", topo.schedule.t_end)
             topo.load_state_dict(sd)
-            topo.schedule = dataclasses.replace(topo.schedule, t_end=t_end)
+            topo.set_t_end(t_end)
         self.sync_targets(force=True)
         self._learn_key = None
         self._metrics_key = None
@@ -333,17 +345,17 @@ class SparseRuntime:
     def on_mode(self, policy: nn.Module, mode: bool, frame) -> None:
         """Called from ``set_training_mode``: find the algorithm, place ``t_end`` at
         the start of ``train()``, record metrics."""
+        found, from_training = calling_algorithm(policy, frame)
         algo = self.algo_ref() if self.algo_ref is not None else None
         if algo is None:
-            algo = _find_algorithm(policy, frame)
-            if algo is None:
+            if found is None:
                 return
+            algo = found
             self.algo_ref = weakref.ref(algo)
         if mode:
             self._place_t_end(algo)
         # record from the algorithm's own calls (train, collect_rollouts), not predict()
-        if self.opts["log_sparsity"] and frame is not None and \
-                frame.f_code.co_name != "predict":
+        if self.opts["log_sparsity"] and from_training:
             self.record(algo)
 
     def _place_t_end(self, algo) -> None:
@@ -353,7 +365,6 @@ class SparseRuntime:
         if learn_key == self._learn_key:
             return
         self._learn_key = learn_key
-        from sparse_agents.sb3.schedule import planned_optimizer_steps
 
         total = int(algo._total_timesteps)
         resumed = int(getattr(algo, "_num_timesteps_at_start", 0)) > 0
@@ -363,7 +374,7 @@ class SparseRuntime:
             # a fresh count (reset_num_timesteps=True) on a trained topology starts now
             start = 0 if resumed else topo.step
             t_end = max(1, start + int(math.floor(frac * planned)))
-            topo.schedule = dataclasses.replace(topo.schedule, t_end=t_end)
+            topo.set_t_end(t_end)
 
     # ------------------------------------------------------------------ metrics
     def _mask_key(self) -> tuple:
@@ -400,6 +411,28 @@ class SparseRuntime:
                     out[f"fan_in_max/{short}"] = m[f"fan_in_max/{mod}"]
             if multi:
                 out["density"] = sum(d * n for d, n in totals) / sum(n for _, n in totals)
+            if policy is not None:
+                # forward FLOPs per observation (sparse_agents.flops): one deterministic
+                # forward of a zero observation, past the condensed rollout copy
+                import numpy as np
+
+                from sparse_agents.flops import flops
+
+                def zeros(space):
+                    sub = getattr(space, "spaces", None)
+                    if isinstance(sub, Mapping):
+                        return {k: zeros(s) for k, s in sub.items()}
+                    return np.zeros(space.shape, dtype=space.dtype)
+
+                def plain_forward(p, x):
+                    base = super(SparsePolicyMixin, p) if isinstance(p, SparsePolicyMixin) \
+                        else p
+                    return base.forward(x, deterministic=True)
+
+                obs, _ = policy.obs_to_tensor(zeros(policy.observation_space))
+                report = flops(policy, inputs=obs, forward=plain_forward)
+                out["flops_forward"] = report.sparse
+                out["flops_dense_forward"] = report.dense
             self._metrics_key, self._metrics = key, out
         out = dict(self._metrics)
         out.update(self._counters())
@@ -477,18 +510,25 @@ def default_heads(policy: nn.Module, names: list[str]) -> list[str]:
     return [re.escape(n) for n in heads + list(by_parent.values())]
 
 
-def _find_algorithm(policy: nn.Module, frame, depth: int = 4):
-    """The SB3 algorithm up the call stack (a method of it called us) whose policy is
-    ``policy``, or ``None``."""
-    from stable_baselines3.common.base_class import BaseAlgorithm
+def calling_algorithm(policy: nn.Module, frame, depth: int = 4
+                      ) -> tuple[BaseAlgorithm | None, bool]:
+    """The SB3 algorithm that called ``policy.set_training_mode`` and whether the call
+    came from its training (``train``/``collect_rollouts``) rather than ``predict``.
 
+    SB3 gives a policy no reference to its algorithm and no hook at the start of
+    ``train()``, so this is the one place that reads the call stack: the first of
+    ``depth`` frames whose ``self`` is a ``BaseAlgorithm`` owning ``policy``, and the
+    name of the calling function (``frame``). ``tests/test_sb3.py`` checks it for PPO,
+    A2C, DQN, SAC and TD3, so an SB3 release that changes the call chain fails there.
+    """
+    from_training = frame is not None and frame.f_code.co_name != "predict"
     while frame is not None and depth > 0:
         owner = frame.f_locals.get("self")
         if isinstance(owner, BaseAlgorithm) and owner.__dict__.get("policy") is policy:
-            return owner
+            return owner, from_training
         frame = frame.f_back
         depth -= 1
-    return None
+    return None, from_training
 
 
 class SparsePolicyMixin:
@@ -600,8 +640,6 @@ def make_sparse(policy_class: type, name: str | None = None) -> type:
     same input. For ``model.save``/``Algo.load`` by reference, assign the result to
     a module-level name equal to its ``__name__`` (``Sparse<Name>``); otherwise SB3's
     cloudpickle stores the class by value, which also loads."""
-    from stable_baselines3.common.policies import BasePolicy
-
     if not isinstance(policy_class, type) or not issubclass(policy_class, BasePolicy):
         raise ValueError(f"policy_class must be an SB3 policy class (a BasePolicy subclass), "
                          f"got {policy_class!r}")

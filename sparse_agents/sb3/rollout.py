@@ -11,10 +11,11 @@ copy would not see ``reset_noise``).
 
 from __future__ import annotations
 
-import warnings
 import weakref
 
 from torch import nn
+
+from sparse_agents.condensed import condense
 
 __all__ = ["CondensedRollout"]
 
@@ -39,14 +40,6 @@ class CondensedRollout:
         if policy is None or not self.available:
             return None
         if self.copy is None:
-            try:
-                from sparse_agents.condensed import condense
-            except ImportError as err:  # pragma: no cover - depends on the install
-                warnings.warn(f"condensed_rollout: sparse_agents.condensed is unavailable "
-                              f"({err}); rolling out with the masked dense policy",
-                              stacklevel=4)
-                self.available = False
-                return None
             self.copy = condense(policy, warn=False)
             self._stamp = self._version(policy)
             return self.copy

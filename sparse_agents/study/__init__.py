@@ -1,7 +1,8 @@
 """Study harness: grids of DST runs (distribution x sparsity x updater x seed x workload),
 resumable and parallel (local process pool or Ray), aggregated into tables and plots."""
 
-from sparse_agents.study.grid import Job, expand_grid, load_grid_file
+from sparse_agents.study.grid import expand_grid, load_grid_file
+from sparse_agents.study.job import Job
 from sparse_agents.study.report import aggregate, load_results, write_report
 from sparse_agents.study.runner import run_study
 

@@ -1,4 +1,5 @@
-"""Command line of the study harness (``scripts/init_study.py``)."""
+"""Command line of the study harness (``scripts/init_study.py``): grid flags or a grid
+file -> :func:`run_study` -> :func:`write_report`."""
 
 from __future__ import annotations
 
@@ -9,21 +10,26 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sparse_agents.distributions import METHODS
 from sparse_agents.study.grid import expand_grid, load_grid_file
 from sparse_agents.study.report import write_report
 from sparse_agents.study.runner import BACKENDS, run_study
+from sparse_agents.updaters import updater_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="ERK vs uniform (and updater, sparsity, seed) on CL streams and RL tasks.")
+        prog="sparse-study",
+        description="ERK vs uniform (and updater, sparsity, seed) on CL streams and RL tasks.",
+        epilog="Re-running with the same --out resumes: finished runs are skipped (each run's "
+               "result is written atomically), failed ones are retried.")
     p.add_argument("--config", type=Path, help="YAML/TOML grid file (CLI flags override it)")
     p.add_argument("--workloads", nargs="+",
                    help="digits | cl:<stream> (e.g. cl:split-digits) | rl:<env id> | "
                         "rlstream:<stream> (e.g. rlstream:cartpole-physics)")
-    p.add_argument("--distributions", nargs="+", choices=["erk", "uniform", "er"])
+    p.add_argument("--distributions", nargs="+", choices=METHODS)
     p.add_argument("--sparsities", nargs="+", type=float)
-    p.add_argument("--updaters", nargs="+", choices=["dense", "static", "set", "rigl", "srigl"])
+    p.add_argument("--updaters", nargs="+", choices=updater_names(dense=True))
     p.add_argument("--seeds", type=int, nargs="+",
                    help="one number n (seeds 0..n-1) or an explicit list of seeds")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

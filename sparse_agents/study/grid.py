@@ -1,18 +1,21 @@
-"""Grid expansion and stable job ids."""
+"""Grid expansion: a spec of axes (workload x distribution x sparsity x updater x seed) and
+shared settings -> a list of :class:`Job`, validated and deduplicated by job id."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.study.job import Job
+from sparse_agents.study.workloads import check_workload
+from sparse_agents.updaters import DENSE, check_updaters
+
+__all__ = ["AXES", "Job", "expand_grid", "jobs_by_id", "load_grid_file"]
 
 #: Grid axes and their defaults (the seed's question: ERK vs uniform across sparsities).
 AXES = {
@@ -22,41 +25,47 @@ AXES = {
     "updater": ["srigl"],
     "seed": [0, 1, 2],
 }
-UPDATER_CHOICES = ("dense", "static", "set", "rigl", "srigl")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One run: a point of the grid plus the settings shared by the whole study."""
-
-    workload: str
-    distribution: str
-    sparsity: float
-    updater: str
-    seed: int
-    settings: Mapping = field(default_factory=dict)
-
-    def config(self) -> dict:
-        """Canonical JSON-able configuration (what the id is derived from)."""
-        return {
-            "workload": self.workload, "distribution": self.distribution,
-            "sparsity": float(self.sparsity), "updater": self.updater, "seed": int(self.seed),
-            "settings": dict(sorted(self.settings.items())),
-        }
-
-    @property
-    def job_id(self) -> str:
-        """Readable and stable: the same configuration always gets the same id."""
-        digest = hashlib.sha1(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()
-        safe = self.workload.replace(":", "-").replace("/", "-")
-        return (f"{safe}__{self.distribution}__{self.updater}__s{self.sparsity:g}"
-                f"__seed{self.seed}__{digest[:8]}")
+#: each axis may also be spelt in the plural (``workloads: [...]``)
+PLURALS = {"workload": "workloads", "distribution": "distributions",
+           "sparsity": "sparsities", "updater": "updaters", "seed": "seeds"}
 
 
 def _as_list(value) -> list:
     if isinstance(value, (list, tuple)):
         return list(value)
     return [value]
+
+
+def _axis(spec: Mapping, name: str):
+    return spec.get(name, spec.get(PLURALS[name], AXES[name]))
+
+
+def _seeds(value) -> list[int]:
+    """A count ``n`` (seeds ``0..n-1``) or a list of seeds."""
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"seeds must be >= 1 (a count) or a list of seeds, got {value}")
+        value = list(range(value))
+    return [int(s) for s in _as_list(value)]
+
+
+def grid_axes(spec: Mapping) -> dict[str, list]:
+    """The axes of ``spec`` (defaults from ``AXES``), each value checked."""
+    seeds = _seeds(_axis(spec, "seed"))
+    axes = {
+        "workload": _as_list(_axis(spec, "workload")),
+        "distribution": _as_list(_axis(spec, "distribution")),
+        "sparsity": [check_sparsity(s) for s in _as_list(_axis(spec, "sparsity"))],
+        "updater": _as_list(_axis(spec, "updater")),
+        "seed": seeds,
+    }
+    for d in axes["distribution"]:
+        if d not in METHODS:
+            raise ValueError(f"distribution must be one of {METHODS}, got {d!r}")
+    check_updaters(axes["updater"], dense=True)
+    for w in axes["workload"]:
+        check_workload(w)
+    return axes
 
 
 def expand_grid(spec: Mapping) -> list[Job]:
@@ -67,38 +76,13 @@ def expand_grid(spec: Mapping) -> list[Job]:
     A dense baseline (``updater="dense"``) is one job per workload and seed: its
     distribution and sparsity are recorded as ``"none"`` and 0.
     """
-    spec = dict(spec)
-    seeds = spec.get("seed", spec.get("seeds", AXES["seed"]))
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"seeds must be >= 1 (a count) or a list of seeds, got {seeds}")
-        seeds = list(range(seeds))
-    axes = {
-        "workload": _as_list(spec.get("workload", spec.get("workloads", AXES["workload"]))),
-        "distribution": _as_list(spec.get("distribution",
-                                          spec.get("distributions", AXES["distribution"]))),
-        "sparsity": [check_sparsity(s) for s in _as_list(
-            spec.get("sparsity", spec.get("sparsities", AXES["sparsity"])))],
-        "updater": _as_list(spec.get("updater", spec.get("updaters", AXES["updater"]))),
-        "seed": [int(s) for s in _as_list(seeds)],
-    }
-    for d in axes["distribution"]:
-        if d not in METHODS:
-            raise ValueError(f"distribution must be one of {METHODS}, got {d!r}")
-    for u in axes["updater"]:
-        if u not in UPDATER_CHOICES:
-            raise ValueError(f"updater must be one of {UPDATER_CHOICES}, got {u!r}")
-    from sparse_agents.study.workloads import check_workload
-
-    for w in axes["workload"]:
-        check_workload(w)
-    axis_keys = {"workload", "workloads", "distribution", "distributions", "sparsity",
-                 "sparsities", "updater", "updaters", "seed", "seeds"}
+    axes = grid_axes(spec)
+    axis_keys = set(PLURALS) | set(PLURALS.values())
     settings = {k: v for k, v in spec.items() if k not in axis_keys}
     jobs: dict[str, Job] = {}
     for w, d, s, u, seed in itertools.product(*axes.values()):
-        if u == "dense":
-            job = Job(w, "none", 0.0, "dense", seed, settings)
+        if u == DENSE:
+            job = Job(w, "none", 0.0, DENSE, seed, settings)
         else:
             job = Job(w, d, s, u, seed, settings)
         jobs.setdefault(job.job_id, job)

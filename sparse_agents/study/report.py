@@ -206,18 +206,23 @@ def summary_text(cmp: pd.DataFrame, failed: pd.DataFrame, a: str = "erk",
     return "\n".join(lines) + "\n"
 
 
-def plot(table: pd.DataFrame, cmp: pd.DataFrame, out: Path, metric_label: str) -> list[Path]:
-    """Metric vs sparsity (a line per distribution, a panel per workload x updater),
-    and a heat-map of the ERK - uniform difference."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported when plotting)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    return plt
+
+
+def plot_metric_vs_sparsity(table: pd.DataFrame, path: Path, metric_label: str) -> bool:
+    """Metric vs sparsity: a line per distribution (95% CI bars), a panel per workload x
+    updater, the dense baseline dashed. False (nothing written) without sparse rows."""
     sparse = table[table["updater"] != "dense"]
     if sparse.empty:
-        return paths
+        return False
+    plt = _pyplot()
     workloads = sorted(sparse["workload"].unique())
     updaters = sorted(sparse["updater"].unique())
     fig, axes = plt.subplots(len(workloads), len(updaters), squeeze=False,
@@ -238,26 +243,42 @@ def plot(table: pd.DataFrame, cmp: pd.DataFrame, out: Path, metric_label: str) -
             ax.set_ylabel(metric_label)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out / "metric_vs_sparsity.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
+
+
+def plot_difference_heatmap(cmp: pd.DataFrame, path: Path, metric_label: str) -> None:
+    """Heat-map of the ERK - uniform difference (rows: workload / updater, columns:
+    sparsity), each cell labelled with its value."""
+    plt = _pyplot()
+    pivot = cmp.pivot_table(index=["workload", "updater"], columns="sparsity", values="diff")
+    fig, ax = plt.subplots(figsize=(1.2 * pivot.shape[1] + 3, 0.5 * pivot.shape[0] + 1.5))
+    lim = float(np.nanmax(np.abs(pivot.to_numpy()))) or 1.0
+    im = ax.imshow(pivot.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(pivot.shape[1]), [f"{c:g}" for c in pivot.columns])
+    ax.set_yticks(range(pivot.shape[0]), [f"{w} / {u}" for w, u in pivot.index])
+    for (r, c), v in np.ndenumerate(pivot.to_numpy()):
+        if np.isfinite(v):
+            ax.text(c, r, f"{v:+.3f}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("sparsity")
+    ax.set_title(f"ERK - uniform ({metric_label})")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot(table: pd.DataFrame, cmp: pd.DataFrame, out: Path, metric_label: str) -> list[Path]:
+    """Write ``metric_vs_sparsity.png`` and (with a comparison) ``erk_minus_uniform.png``
+    under ``out``; return the paths written (none without sparse results)."""
+    paths = []
+    if not plot_metric_vs_sparsity(table, out / "metric_vs_sparsity.png", metric_label):
+        return paths
+    paths.append(out / "metric_vs_sparsity.png")
     if not cmp.empty:
-        pivot = cmp.pivot_table(index=["workload", "updater"], columns="sparsity", values="diff")
-        fig, ax = plt.subplots(figsize=(1.2 * pivot.shape[1] + 3, 0.5 * pivot.shape[0] + 1.5))
-        lim = float(np.nanmax(np.abs(pivot.to_numpy()))) or 1.0
-        im = ax.imshow(pivot.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_xticks(range(pivot.shape[1]), [f"{c:g}" for c in pivot.columns])
-        ax.set_yticks(range(pivot.shape[0]), [f"{w} / {u}" for w, u in pivot.index])
-        for (r, c), v in np.ndenumerate(pivot.to_numpy()):
-            if np.isfinite(v):
-                ax.text(c, r, f"{v:+.3f}", ha="center", va="center", fontsize=7)
-        ax.set_xlabel("sparsity")
-        ax.set_title(f"ERK - uniform ({metric_label})")
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
+        plot_difference_heatmap(cmp, out / "erk_minus_uniform.png", metric_label)
         paths.append(out / "erk_minus_uniform.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
     return paths
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sparse_agents.study.grid import Job
+from sparse_agents.study.job import Job
 from sparse_agents.study.store import (
     is_finished,
     read_result,

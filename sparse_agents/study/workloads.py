@@ -1,19 +1,6 @@
-"""Workloads a study can run: each maps a :class:`Job` to a dict of metrics.
-
-- ``digits``: a sparse MLP (64-256-256-10) classifying scikit-learn's digits (a single
-  task; fast, offline).
-- ``cl:<stream>``: a continual-learning stream from :mod:`continual` (e.g.
-  ``cl:split-digits``, ``cl:permuted-digits``); setting ``task_masks`` (default true)
-  uses per-task masks, otherwise DST on a naive strategy; ``sparsity_scope`` ("task" or
-  "network") says whether sparsity is per task or of the whole network at the end.
-- ``rl:<env id>``: PPO (setting ``algo``) with a sparse policy on a gymnasium env.
-- ``rlstream:<stream>``: one PPO/A2C agent through a task stream of :mod:`envs` (e.g.
-  ``rlstream:cartpole-physics``) with per-task masks; settings ``steps_per_task``,
-  ``dense_input``, ``n_tasks``.
-
-Every workload returns ``{"metric": primary value, "metric_name": ..., ...}`` plus a
-summary of the final masks under ``"masks"``.
-"""
+"""Workloads a study can run (``digits``, ``cl:<stream>``, ``rl:<env id>``,
+``rlstream:<stream>``): each maps a :class:`Job` to ``{"metric": primary value,
+"metric_name": ..., ...}`` plus a summary of the final masks under ``"masks"``."""
 
 from __future__ import annotations
 
@@ -21,10 +8,17 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
 from torch import nn
 
-from sparse_agents.study.grid import Job
+from continual.experiment import run_experiment
+from continual.streams import DEFAULT_TASKS, canonical_stream
+from sparse_agents.experiments.rl import train_and_evaluate
+from sparse_agents.experiments.rl_stream import train_stream
+from sparse_agents.sb3 import SPARSE_DEFAULTS
+from sparse_agents.study.job import Job
 from sparse_agents.topology import SparseTopology
+from sparse_agents.updaters import DENSE
 
 Workload = Callable[[Job], dict]
 
@@ -38,8 +32,6 @@ def mask_summary(topo: SparseTopology | None) -> dict:
 
 def digits_split(seed: int, test_fraction: float = 0.25):
     """scikit-learn digits as float tensors, split train/test by a seeded permutation."""
-    from sklearn.datasets import load_digits
-
     x, y = load_digits(return_X_y=True)
     x = torch.tensor(x / 16.0, dtype=torch.float32)
     y = torch.tensor(y, dtype=torch.long)
@@ -50,7 +42,8 @@ def digits_split(seed: int, test_fraction: float = 0.25):
 
 
 def run_digits(job: Job) -> dict:
-    """Train a sparse MLP on digits; metric: test accuracy."""
+    """A sparse MLP (64-hidden-hidden-10) on scikit-learn's digits (one task; fast,
+    offline); metric: test accuracy."""
     s = job.settings
     epochs = int(s.get("epochs", 10))
     batch = int(s.get("batch_size", 64))
@@ -63,7 +56,7 @@ def run_digits(job: Job) -> dict:
     steps_per_epoch = (len(ytr) + batch - 1) // batch
     total = epochs * steps_per_epoch
     topo = None
-    if job.updater != "dense":
+    if job.updater != DENSE:
         topo = SparseTopology(model, opt, sparsity=job.sparsity, updater=job.updater,
                               distribution=job.distribution, delta_t=int(s.get("delta_t", 10)),
                               t_end=max(2, int(0.75 * total)), seed=job.seed)
@@ -82,7 +75,7 @@ def run_digits(job: Job) -> dict:
             "masks": mask_summary(topo)}
 
 
-#: with task masks, what a job's sparsity means: "task" (DESIGN 6b: each task owns
+#: with task masks, what a job's sparsity means: "task" (each task owns
 #: ``1 - sparsity``) or "network" (the whole network after the last task: each of the
 #: ``n`` tasks owns ``(1 - sparsity) / n``, so 0.5 is feasible for 5 tasks)
 SPARSITY_SCOPES = ("task", "network")
@@ -92,13 +85,15 @@ RL_SETTINGS = ("algo", "timesteps", "eval_episodes", "n_evals", "steps_per_task"
 
 
 def run_cl(job: Job) -> dict:
-    """A continual-learning stream; metric: average accuracy after the last task."""
-    from continual.experiment import run_experiment
-    from continual.streams import DEFAULT_TASKS, canonical_stream
+    """A continual-learning stream of :mod:`continual` (e.g. ``cl:split-digits``);
+    metric: average accuracy after the last task.
 
+    Setting ``task_masks`` (default true) uses per-task masks, otherwise DST on a naive
+    strategy; ``sparsity_scope`` (one of ``SPARSITY_SCOPES``) says what the sparsity is of.
+    """
     s = {k: v for k, v in job.settings.items() if k not in RL_SETTINGS}
     stream = job.workload.split(":", 1)[1]
-    task_masks = bool(s.pop("task_masks", True)) and job.updater != "dense"
+    task_masks = bool(s.pop("task_masks", True)) and job.updater != DENSE
     n_tasks = s.pop("n_tasks", None)
     scope = s.pop("sparsity_scope", "task")
     if scope not in SPARSITY_SCOPES:
@@ -112,7 +107,7 @@ def run_cl(job: Job) -> dict:
         strategy=s.pop("strategy", "naive"),
         updater=job.updater,
         sparsity=sparsity,
-        distribution=job.distribution if job.updater != "dense" else "erk",
+        distribution=job.distribution if job.updater != DENSE else "erk",
         task_masks=task_masks,
         epochs=int(s.pop("epochs", 2)),
         seed=job.seed,
@@ -127,15 +122,13 @@ def run_cl(job: Job) -> dict:
 
 
 def run_rl(job: Job) -> dict:
-    """An SB3 agent with a sparse policy; metric: mean evaluation return at the end."""
-    from sparse_agents.sb3 import SPARSE_DEFAULTS
-    from sparse_agents.sb3.experiment import train_and_evaluate
-
+    """An SB3 agent (setting ``algo``, default PPO) with a sparse policy on a gymnasium
+    env (``rl:<env id>``); metric: mean evaluation return at the end."""
     s = dict(job.settings)
     env_id = job.workload.split(":", 1)[1]
     result = train_and_evaluate(
         algo=s.pop("algo", "ppo"), env_id=env_id, updater=job.updater,
-        sparsity=job.sparsity, distribution=job.distribution if job.updater != "dense"
+        sparsity=job.sparsity, distribution=job.distribution if job.updater != DENSE
         else "erk", timesteps=int(s.pop("timesteps", 50_000)), seed=job.seed,
         eval_episodes=int(s.pop("eval_episodes", 10)), n_evals=int(s.pop("n_evals", 5)),
         # sparse options among the settings (delta_t, drop_fraction, gamma_sal, ...)
@@ -148,12 +141,12 @@ def run_rl(job: Job) -> dict:
 
 
 def run_rl_stream(job: Job) -> dict:
-    """One SB3 agent through a gymnasium task stream from :mod:`envs` (per-task masks
-    unless ``task_masks=false``); metric: mean final return over the stream's tasks."""
-    from sparse_agents.sb3.continual import train_stream
-
+    """One SB3 agent through a gymnasium task stream from :mod:`envs` (e.g.
+    ``rlstream:cartpole-physics``; per-task masks unless ``task_masks=false``; settings
+    ``steps_per_task``, ``dense_input``, ``n_tasks``); metric: mean final return over the
+    stream's tasks."""
     s = dict(job.settings)
-    sparse = job.updater != "dense"
+    sparse = job.updater != DENSE
     result = train_stream(
         job.workload.split(":", 1)[1], algo=s.get("algo", "ppo"), updater=job.updater,
         sparsity=job.sparsity if sparse else 0.0,
@@ -185,8 +178,7 @@ def resolve(name: str) -> Workload:
         return PREFIXES[prefix]
     raise ValueError(
         f"workload must be one of {sorted(NAMED)} or 'cl:<stream>' / 'rl:<env id>' / "
-        f"'rlstream:<stream>', "
-        f"got {name!r}"
+        f"'rlstream:<stream>', got {name!r}"
     )
 
 

@@ -9,10 +9,11 @@ One update of one layer, on the ``[n_out, fan_in]`` view:
    ``allow_ablation`` is False, e.g. for the output layer); keep at least
    ``ceil(budget / fan_in)`` rows alive so the fan-in never exceeds the dense fan-in.
 4. ``k = budget // n_alive``: the ablated rows' budget goes to the alive rows.
-5. prune: the ``n_drop`` smallest-``|w|`` active weights of the layer are dropped (as
-   RigL does); each alive row then keeps at most its top-``k`` survivors by ``|w|``.
+5. prune: ablated rows keep nothing; the alive rows' active entries keep the top
+   ``n_active - n_drop`` by ``|w|`` over the layer (an ablated row's weights never use
+   up this quota), then any alive row above ``k`` keeps its top-``k`` by ``|w|``.
 6. grow: each alive row is filled up to exactly ``k`` by its largest-``|grad|``
-   inactive entries. Ablated rows keep nothing.
+   inactive entries.
 7. Nothing is remembered: ablation is re-decided at every update.
 """
 
@@ -96,8 +97,11 @@ def srigl_update(weight: Tensor, mask: Tensor, grad: Tensor | None, n_drop: int,
     k = min(fan_in, budget // int(alive.sum()))
     k_rows = torch.where(alive, k, 0)
 
-    # Step 5: global magnitude drop (``kept``), surplus trimmed by magnitude per row.
-    pruned = row_topk(w, k_rows, generator, candidates=kept & alive.unsqueeze(1))
+    # Step 5: magnitude drop among the alive rows only (ablated rows keep nothing and
+    # take no share of the quota), then surplus trimmed by magnitude per row.
+    alive_active = m & alive.unsqueeze(1)
+    survivors = topk(w, n_active - n_drop, generator, candidates=alive_active)
+    pruned = row_topk(w, k_rows, generator, candidates=survivors)
     # Step 6: gradient-ordered growth up to exactly k.
     need = k_rows - pruned.sum(dim=1)
     grown = row_topk(g, need, generator,
@@ -107,18 +111,22 @@ def srigl_update(weight: Tensor, mask: Tensor, grad: Tensor | None, n_drop: int,
 
 
 def constant_fan_in_mask(shape: torch.Size | tuple[int, ...], budget: int,
-                         generator: torch.Generator, device=None) -> Tensor:
-    """Random initial mask with every row at fan-in ``budget // n_out``.
+                         generator: torch.Generator, device=None,
+                         free: Tensor | None = None) -> Tensor:
+    """Random initial mask with every row at fan-in ``budget // n_out``, among ``free``
+    entries (default: all; a row short of free entries gets what it has).
 
     When the budget is below one weight per row, ``budget`` random rows get fan-in 1.
+    Drawn on the CPU, so one seed gives one mask on every device.
     """
     n_out = shape[0]
     fan_in = math.prod(shape[1:])
+    free2 = None if free is None else free.detach().to("cpu", torch.bool).reshape(n_out, fan_in)
     k = budget // n_out
-    scores = torch.zeros(n_out, fan_in)
     if k >= 1:
-        rows = torch.full((n_out,), k)
+        rows: Tensor | int = k
     else:
-        rows = topk(torch.zeros(n_out), budget, generator).long()
-    m = row_topk(scores, rows, generator)
+        rows = topk(torch.zeros(n_out), budget, generator,
+                    candidates=None if free2 is None else free2.any(dim=1)).long()
+    m = row_topk(torch.zeros(n_out, fan_in), rows, generator, candidates=free2)
     return m.reshape(shape).to(device)

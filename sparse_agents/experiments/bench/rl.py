@@ -1,0 +1,459 @@
+"""Benchmark sparse SB3 agents: dense vs every updater at 90% sparsity.
+
+Behind ``scripts/bench_rl.py``: full training runs in a process pool (the code path of
+``sparse-train``), and in-process timings of ``train()`` per optimizer step
+(``--overhead``) and of the condensed policy's ``predict`` (``--rollout``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
+from pathlib import Path
+
+from sparse_agents.timing import sample_interleaved, time_interleaved
+from sparse_agents.updaters import updater_names
+
+DEFAULT_TASKS = ("ppo:CartPole-v1:50000", "ppo:Acrobot-v1:100000", "dqn:CartPole-v1:50000")
+MUJOCO_TASK = "sac:HalfCheetah-v5:30000"
+
+DESCRIPTION = """\
+Benchmark sparse SB3 agents: dense vs static vs SET vs RigL vs SRigL at 90% sparsity.
+
+Tasks (--tasks, algo:env:timesteps): PPO on CartPole-v1 and Acrobot-v1 and DQN on
+CartPole-v1 with rl-baselines3-zoo hyperparameters
+(sparse_agents.experiments.hyperparams.HYPERPARAMS), plus SAC on HalfCheetah-v5 when
+mujoco is importable. Every (task, updater, seed) run trains in its own process (a pool
+of --workers, one torch thread each) through the same code path as
+scripts/train_agent.py and evaluates the deterministic policy (--eval-episodes
+episodes) --evals times; the final evaluation is the score.
+
+Writes under --out: runs/<task>-<updater>-s<seed>/ (model, evaluations.csv,
+summary.json), results.csv (one row per run), summary.csv and summary.md (mean +- std
+over seeds of the final return, training wall time without evaluation, and its ratio
+to dense), curves.png. Re-running retrains every run and overwrites; with --resume,
+re-running resumes: finished runs are skipped (--report only rebuilds the tables).
+--overhead writes overhead[_fused].csv/.md and --rollout rollout.md (overwritten)."""
+
+EPILOG = """\
+examples:
+  python scripts/bench_rl.py --out results/rl                       # full budget
+  python scripts/bench_rl.py --quick --out /tmp/rl                  # smoke run
+  python scripts/bench_rl.py --rollout --out results/rl             # condensed predict"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    updaters = updater_names(dense=True)
+    p = argparse.ArgumentParser(prog="bench_rl.py", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="results/rl")
+    p.add_argument("--tasks", nargs="+", default=None, help="algo:env:timesteps ...")
+    p.add_argument("--updaters", nargs="+", default=list(updaters), choices=updaters)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--evals", type=int, default=5, help="evaluations per run")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every budget")
+    p.add_argument("--hp", action="append", default=[], help="KEY=VALUE for every run")
+    p.add_argument("--fused-adam", action="store_true",
+                   help="Adam(fused=True) in every run (dense included)")
+    p.add_argument("--quick", action="store_true", help="1 seed, 5%% budgets (smoke run)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip runs already done (re-running resumes)")
+    p.add_argument("--report", action="store_true",
+                   help="rebuild the tables from the runs already under --out (no training)")
+    p.add_argument("--overhead", action="store_true",
+                   help="only time train() per optimizer step, in process, interleaved")
+    p.add_argument("--rounds", type=int, default=11, help="--overhead rounds")
+    p.add_argument("--steps", type=int, default=200, help="--overhead steps per round")
+    p.add_argument("--rollout", action="store_true",
+                   help="only time predict on the masked vs the condensed policy")
+    return p
+
+
+# --------------------------------------------------------------------------- runs
+def run_one(job: dict) -> dict:
+    """One training run in a worker process (returns its summary)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import contextlib
+    import io
+
+    from sparse_agents.cli.train_agent import build_parser as train_parser
+    from sparse_agents.cli.train_agent import run
+
+    out = Path(job["out"])
+    done = out / "summary.json"
+    if job.get("resume") and done.exists():
+        return json.loads(done.read_text())
+    if job.get("report"):
+        raise FileNotFoundError(f"--report: no finished run in {out}")
+    argv = ["--algo", job["algo"], "--env", job["env"], "--updater", job["updater"],
+            "--sparsity", str(job["sparsity"]), "--timesteps", str(job["timesteps"]),
+            "--seed", str(job["seed"]), "--out", str(out), "--eval-freq",
+            str(max(1, job["timesteps"] // job["evals"])), "--eval-episodes",
+            str(job["eval_episodes"]), "--no-progress", "--no-plot", "--threads", "1"]
+    for hp in job.get("hp", []):
+        argv += ["--hp", hp]
+    if job.get("fused_adam"):
+        argv.append("--fused-adam")
+    args = train_parser().parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()):
+        summary = run(args)
+    summary["task"] = job["task"]
+    done.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
+    """One job per (task, seed, updater), in that order."""
+    jobs = []
+    for spec in tasks:
+        algo, env, steps = spec.split(":")
+        steps = max(1000, int(int(float(steps)) * args.scale))
+        task = f"{algo}-{env}"
+        for seed in range(args.seeds):
+            for updater in args.updaters:
+                jobs.append(dict(task=task, algo=algo, env=env, timesteps=steps, seed=seed,
+                                 updater=updater, sparsity=args.sparsity,
+                                 evals=args.evals, eval_episodes=args.eval_episodes,
+                                 hp=args.hp, resume=args.resume,
+                                 fused_adam=args.fused_adam, report=args.report,
+                                 out=str(root / "runs" / f"{task}-{updater}-s{seed}")))
+    return jobs
+
+
+def run_jobs(jobs: list[dict], workers: int, start: float) -> list[dict]:
+    """Every job in a pool of ``workers`` spawned processes; summaries in job order."""
+    import multiprocessing as mp
+
+    rows = []
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, job): job for job in jobs}
+        for fut in as_completed(futures):
+            job = futures[fut]
+            summary = fut.result()
+            summary["seed"], summary["task"] = job["seed"], job["task"]
+            rows.append(summary)
+            print(f"[{time.perf_counter() - start:6.0f}s] {job['task']} {job['updater']:6s} "
+                  f"s{job['seed']}: return {summary['final_mean']:7.1f}, "
+                  f"train {summary['train_s']:.1f}s", flush=True)
+    order = {(j["task"], j["updater"], j["seed"]): i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["task"], r["updater"], r["seed"])])
+    return rows
+
+
+# --------------------------------------------------------------------------- timing
+def _train_chunk(algo: str, env: str, updater: str, steps: int, fused_adam: bool):
+    """A warmed-up callable running about ``steps`` optimizer steps of ``train()`` on a
+    filled buffer, and its exact number of optimizer steps."""
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    from sparse_agents.experiments.rl import make_agent
+
+    over = {} if algo in ("ppo", "a2c") else {"learning_starts": 0}
+    model, _ = make_agent(algo, env, updater, seed=0, overrides=over, fused_adam=fused_adam)
+    model.set_logger(configure(None, []))
+    _, callback = model._setup_learn(10**7)
+    if isinstance(model, OnPolicyAlgorithm):
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+        per_train = (getattr(model, "n_epochs", 1) or 1) * -(
+            -model.n_steps * model.n_envs // (getattr(model, "batch_size", None)
+                                              or model.n_steps * model.n_envs))
+        reps = max(1, steps // per_train)
+
+        def chunk():
+            for _ in range(reps):
+                model.train()
+        n_steps = reps * per_train
+    else:
+        while model.replay_buffer.size() < 2 * model.batch_size:
+            model.collect_rollouts(model.env, callback, model.train_freq,
+                                   model.replay_buffer, model.action_noise, learning_starts=0)
+
+        def chunk():
+            model.train(gradient_steps=steps, batch_size=model.batch_size)
+        n_steps = steps
+    chunk()  # warm-up
+    return chunk, n_steps
+
+
+def overhead(tasks: list[str], updaters: list[str], rounds: int, steps: int,
+             fused_adam: bool) -> list[dict]:
+    """Time ``train()`` per optimizer step in one process, the updaters interleaved
+    (same filled buffer, medians of ``rounds``, the starting updater rotating); topology
+    updates run (``t_end`` far away), so this is the cost before ``t_end``."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(1)
+    out = []
+    for spec in tasks:
+        algo, env = spec.split(":")[:2]
+        chunks = {u: _train_chunk(algo, env, u, steps, fused_adam) for u in updaters}
+        raw = sample_interleaved({u: c for u, (c, _) in chunks.items()}, rounds=rounds,
+                                 warmup=0, rotate=True)
+        times = {u: [t / chunks[u][1] * 1e6 for t in s] for u, s in raw.items()}
+        base = statistics.median(times["dense"]) if "dense" in times else math.nan
+        base_min = min(times["dense"]) if "dense" in times else math.nan
+        for updater in updaters:
+            med, low = statistics.median(times[updater]), min(times[updater])
+            out.append({"task": f"{algo}-{env}", "updater": updater, "us_per_step": med,
+                        "vs_dense": med / base, "us_per_step_min": low,
+                        "vs_dense_min": low / base_min, "fused_adam": fused_adam})
+            print(f"{algo}-{env} {updater:6s} {med:8.1f} us/step  x{med / base:.3f} "
+                  f"(min x{low / base_min:.3f})", flush=True)
+    return out
+
+
+#: (algo, env, updater, net_arch or None for the zoo/SB3 default) for ``--rollout``
+ROLLOUT_CASES = (("ppo", "CartPole-v1", "srigl", None), ("ppo", "CartPole-v1", "set", None),
+                 ("ppo", "CartPole-v1", "srigl", [256, 256]),
+                 ("sac", "Pendulum-v1", "srigl", None), ("dqn", "CartPole-v1", "srigl", None))
+
+
+def _rollout_row(case: tuple, rounds: int, calls: int, batches: tuple[int, ...]) -> dict:
+    """One :data:`ROLLOUT_CASES` entry: dense/condensed speed-up per batch, refresh ms."""
+    import numpy as np
+    import torch
+
+    from sparse_agents.condensed import condense
+    from sparse_agents.experiments.rl import make_agent
+
+    algo, env, updater, arch = case
+    model, _ = make_agent(algo, env, updater, 0.9, "erk", 0,
+                          overrides={"net_arch": arch} if arch else {})
+    policy = model.policy
+    policy.set_training_mode(False)
+    fast = condense(policy, warn=False)
+    first = next(m for m in policy.modules() if isinstance(m, torch.nn.Linear))
+    row = {"policy": f"{algo.upper()} {env} {updater}, first layer {first.out_features} wide"}
+    for batch in batches:
+        obs = torch.as_tensor(
+            np.array([policy.observation_space.sample() for _ in range(batch)])).float()
+        with torch.no_grad():
+            times = time_interleaved(
+                {name: partial(net._predict, obs, deterministic=True)
+                 for name, net in (("dense", policy), ("condensed", fast))},
+                rounds=rounds, calls=calls, warmup=1)  # warm-up: the kernel choice
+        row[f"batch {batch}"] = times["dense"] / times["condensed"]
+    refresh = time_interleaved({"refresh": fast.refresh}, rounds=rounds * 4, warmup=0)
+    row["refresh ms"] = refresh["refresh"] * 1e3
+    return row
+
+
+def rollout_speed(rounds: int, calls: int, batches: tuple[int, ...] = (1, 8, 64)) -> list[dict]:
+    """Time the policy's deterministic ``_predict`` (what ``predict`` and rollout
+    collection run) on the masked dense policy and on its condensed copy, side by side
+    in one process (1 thread, median of ``rounds`` x ``calls`` calls), 90% ERK; and
+    one ``refresh()`` of the copy."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = []
+    for case in ROLLOUT_CASES:
+        row = _rollout_row(case, rounds, calls, batches)
+        print(" | ".join(f"{k}: {v:.2f}" if isinstance(v, float) else v
+                         for k, v in row.items()), flush=True)
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    if not n:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+
+
+def summarise(rows: list[dict], updaters: list[str]) -> list[dict]:
+    """Per (task, updater): mean +- std over seeds, and the ratios to dense."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        dense = [r for r in rows if r["task"] == task and r["updater"] == "dense"]
+        dense_ret, _ = _mean_std([r["final_mean"] for r in dense])
+        dense_t, _ = _mean_std([r["train_s"] for r in dense])
+        for updater in updaters:
+            runs = [r for r in rows if r["task"] == task and r["updater"] == updater]
+            if not runs:
+                continue
+            ret, ret_sd = _mean_std([r["final_mean"] for r in runs])
+            t, t_sd = _mean_std([r["train_s"] for r in runs])
+            out.append({
+                "task": task, "updater": updater, "seeds": len(runs),
+                "final_return": ret, "final_return_std": ret_sd,
+                "best_return": _mean_std([r["best_mean"] for r in runs])[0],
+                # signed gap, as a fraction of |dense|: > 0 better, -0.1 = 10% worse
+                "vs_dense": (ret - dense_ret) / abs(dense_ret) if dense and dense_ret
+                else math.nan,
+                "train_s": t, "train_s_std": t_sd,
+                "time_vs_dense": t / dense_t if dense and dense_t else math.nan,
+                "density": _mean_std([r["density"] for r in runs])[0],
+                "updates": _mean_std([r["updates"] for r in runs])[0],
+            })
+    return out
+
+
+def markdown(summary: list[dict], sparsity: float) -> str:
+    lines = [
+        "| task | updater | final return (mean ± std) | Δ vs dense | best eval | "
+        "train time s | time vs dense | density | updates |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['task']} | {s['updater']} | {s['final_return']:.1f} ± "
+            f"{s['final_return_std']:.1f} | {s['vs_dense']:+.0%} | {s['best_return']:.1f} | "
+            f"{s['train_s']:.1f} ± {s['train_s_std']:.1f} | {s['time_vs_dense']:.3f} | "
+            f"{s['density']:.3f} | {s['updates']:.0f} |")
+    lines.append("")
+    lines.append(f"Sparse rows at {sparsity:.0%} sparsity (ERK). `final return`: deterministic "
+                 "evaluation at the end of training, mean ± std over seeds; `Δ vs dense`: "
+                 "(sparse − dense) / |dense| of those means (negative: worse); `best eval`: "
+                 "mean over seeds of each run's best evaluation; `train time`: "
+                 "wall time of `learn()` minus evaluation.")
+    return "\n".join(lines) + "\n"
+
+
+def _curves(rows: list[dict], root: Path, task: str, updater: str):
+    """Evaluation curves of every seed of (task, updater): timesteps and returns."""
+    import numpy as np
+
+    curves = []
+    for r in rows:
+        if r["task"] != task or r["updater"] != updater:
+            continue
+        path = root / "runs" / f"{task}-{updater}-s{r['seed']}" / "evaluations.csv"
+        with open(path) as fh:
+            curves.append([(float(a), float(b)) for a, b, _ in list(csv.reader(fh))[1:]])
+    n = min(len(c) for c in curves)
+    t = np.array([c[i][0] for c in curves for i in range(n)]).reshape(len(curves), n)
+    y = np.array([c[i][1] for c in curves for i in range(n)]).reshape(len(curves), n)
+    return t, y
+
+
+def plot(rows: list[dict], out: Path, root: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for updater in dict.fromkeys(r["updater"] for r in rows if r["task"] == task):
+            t, y = _curves(rows, root, task, updater)
+            ax.plot(t.mean(0), y.mean(0), label=updater)
+            ax.fill_between(t.mean(0), y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.15)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("timesteps")
+        ax.set_ylabel("eval return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fields or list(rows[0]), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+RESULT_FIELDS = ["task", "algo", "env", "updater", "sparsity", "seed", "timesteps",
+                 "final_mean", "final_std", "best_mean", "train_s", "eval_s", "wall_s",
+                 "density", "updates", "itop"]
+
+
+def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: float) -> str:
+    """results.csv, summary.csv, summary.md and curves.png under ``root``; the markdown."""
+    _write_csv(root / "results.csv", rows, RESULT_FIELDS)
+    summary = summarise(rows, args.updaters)
+    _write_csv(root / "summary.csv", summary)
+    md = markdown(summary, args.sparsity)
+    budgets = ", ".join(f"{j['task']} {j['timesteps']} steps" for j in
+                        {j["task"]: j for j in jobs}.values())
+    md += (f"\nBudgets: {budgets}; {args.seeds} seeds; {args.workers} workers; "
+           f"{'Adam(fused=True)' if args.fused_adam else 'SB3 default optimizers'}"
+           + ("" if args.report else f"; total wall {time.perf_counter() - start:.0f} s")
+           + ".\n")
+    (root / "summary.md").write_text(md)
+    plot(rows, root / "curves.png", root)
+    return md
+
+
+# --------------------------------------------------------------------------- modes
+def main_rollout(args) -> int:
+    """``--rollout``: rollout.md under ``--out``."""
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = rollout_speed(rounds=5, calls=300)
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else r[k]
+                                for k in keys) + " |" for r in rows]
+    (root / "rollout.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def main_overhead(args) -> int:
+    """``--overhead``: overhead[_fused].csv and .md under ``--out``."""
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = overhead(list(args.tasks or DEFAULT_TASKS), list(args.updaters), args.rounds,
+                    args.steps, args.fused_adam)
+    name = "overhead_fused" if args.fused_adam else "overhead"
+    _write_csv(root / f"{name}.csv", rows)
+    lines = ["| task | updater | µs per optimizer step (median) | vs dense (median) | "
+             "vs dense (best round) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['updater']} | {r['us_per_step']:.0f} | "
+              f"{r['vs_dense']:.3f} | {r['vs_dense_min']:.3f} |" for r in rows]
+    (root / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def default_tasks() -> list[str]:
+    """:data:`DEFAULT_TASKS`, plus :data:`MUJOCO_TASK` when mujoco is importable."""
+    tasks = list(DEFAULT_TASKS)
+    try:
+        import mujoco  # noqa: F401
+
+        tasks.append(MUJOCO_TASK)
+    except ImportError:
+        print("mujoco is not installed: no SAC MuJoCo task", flush=True)
+    return tasks
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rollout:
+        return main_rollout(args)
+    if args.overhead:
+        return main_overhead(args)
+    tasks = list(args.tasks) if args.tasks else default_tasks()
+    if args.quick:
+        args.seeds, args.scale = 1, args.scale * 0.05
+    if args.report:
+        args.resume = True
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = make_jobs(args, tasks, root)
+    print(f"{len(jobs)} runs on {args.workers} workers -> {root}", flush=True)
+    start = time.perf_counter()
+    rows = run_jobs(jobs, args.workers, start)
+    print(write_report(args, rows, jobs, root, start), flush=True)
+    return 0

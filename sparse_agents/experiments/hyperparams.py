@@ -1,0 +1,70 @@
+"""The one RL hyperparameter table: rl-baselines3-zoo's values (``hyperparams/<algo>.yml``)
+for the tasks the runners, the CLI, the benchmarks and continual RL use.
+
+``"lin_X"`` is a linear schedule from X to 0; ``normalize`` wraps the environment in
+``VecNormalize``; ``n_envs`` goes to the vectorised environment; ``action_noise`` is
+``("normal", std)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: (algorithm, environment id) -> zoo hyperparameters
+HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
+    ("ppo", "CartPole-v1"): dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8,
+                                 gamma=0.98, n_epochs=20, ent_coef=0.0,
+                                 learning_rate="lin_0.001", clip_range="lin_0.2"),
+    ("ppo", "Acrobot-v1"): dict(normalize=True, n_envs=16, n_steps=256, gae_lambda=0.94,
+                                gamma=0.99, n_epochs=4, ent_coef=0.0),
+    ("ppo", "Pendulum-v1"): dict(n_envs=4, n_steps=1024, gae_lambda=0.95, gamma=0.9,
+                                 n_epochs=10, ent_coef=0.0, learning_rate=1e-3,
+                                 clip_range=0.2),
+    ("a2c", "CartPole-v1"): dict(n_envs=8, ent_coef=0.0),
+    ("a2c", "Acrobot-v1"): dict(normalize=True, n_envs=16, ent_coef=0.0),
+    ("a2c", "Pendulum-v1"): dict(normalize=True, n_envs=8, n_steps=8, gae_lambda=0.9,
+                                 gamma=0.9, ent_coef=0.0, max_grad_norm=0.5,
+                                 learning_rate="lin_7e-4"),
+    ("dqn", "CartPole-v1"): dict(learning_rate=2.3e-3, batch_size=64, buffer_size=100_000,
+                                 learning_starts=1000, gamma=0.99, target_update_interval=10,
+                                 train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+                                 exploration_final_eps=0.04, net_arch=[256, 256]),
+    ("dqn", "Acrobot-v1"): dict(learning_rate=6.3e-4, batch_size=128, buffer_size=50_000,
+                                learning_starts=0, gamma=0.99, target_update_interval=250,
+                                train_freq=4, gradient_steps=-1, exploration_fraction=0.12,
+                                exploration_final_eps=0.1, net_arch=[256, 256]),
+    ("sac", "Pendulum-v1"): dict(learning_rate=1e-3),
+    ("td3", "Pendulum-v1"): dict(learning_rate=1e-3, gamma=0.98, buffer_size=200_000,
+                                 learning_starts=10_000, action_noise=("normal", 0.1),
+                                 gradient_steps=1, train_freq=1, net_arch=[400, 300]),
+}
+
+#: keys of the table that are policy options (they go to ``policy_kwargs``)
+POLICY_KEYS = ("net_arch", "activation_fn", "ortho_init", "log_std_init", "n_critics",
+               "share_features_extractor", "optimizer_kwargs")
+#: keys that may hold a ``"lin_X"`` schedule
+SCHEDULE_KEYS = ("learning_rate", "clip_range")
+
+
+def zoo_hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
+    """A copy of the table's entry (``{}`` for a task it does not list)."""
+    return dict(HYPERPARAMS.get((algo, env_id), {}))
+
+
+def resolve_schedules(hp: dict[str, Any], constant: bool = False) -> dict[str, Any]:
+    """Replace ``"lin_X"`` values by SB3 schedules (``constant``: by X itself, as continual
+    RL does, where a schedule would restart at every task)."""
+    out = dict(hp)
+    for key in SCHEDULE_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value.startswith("lin_"):
+            start = float(value[4:])
+            out[key] = start if constant else _linear(start)
+    return out
+
+
+def _linear(start: float):
+    def linear(progress_remaining: float) -> float:
+        return progress_remaining * start
+
+    return linear

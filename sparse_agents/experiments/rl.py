@@ -1,0 +1,213 @@
+"""Train and evaluate (sparse) SB3 agents: the agent factory with rl-baselines3-zoo
+hyperparameters, an evaluation-curve callback, and :func:`train_and_evaluate`, the
+one-call experiment the study harness and the benchmarks run."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import stable_baselines3 as sb3
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
+
+from sparse_agents.distributions import check_sparsity
+from sparse_agents.experiments.hyperparams import (
+    HYPERPARAMS,
+    POLICY_KEYS,
+    resolve_schedules,
+    zoo_hyperparameters,
+)
+from sparse_agents.sb3 import (
+    SPARSE_DEFAULTS,
+    SparseActorCriticPolicy,
+    SparseDQNPolicy,
+    SparseSACPolicy,
+    SparseTD3Policy,
+)
+from sparse_agents.updaters import DENSE, get_updater
+
+__all__ = ["ALGOS", "DEFAULT_ENV", "HYPERPARAMS", "SPARSE_POLICIES", "evaluation_callback",
+           "make_agent", "train_and_evaluate", "write_curve_csv"]
+
+ALGOS = ("ppo", "a2c", "dqn", "sac", "td3")
+DEFAULT_ENV = {"ppo": "CartPole-v1", "a2c": "CartPole-v1", "dqn": "CartPole-v1",
+               "sac": "Pendulum-v1", "td3": "Pendulum-v1"}
+#: the sparse policy class of each algorithm
+SPARSE_POLICIES = {"ppo": SparseActorCriticPolicy, "a2c": SparseActorCriticPolicy,
+                   "dqn": SparseDQNPolicy, "sac": SparseSACPolicy, "td3": SparseTD3Policy}
+
+
+def _split_hyperparameters(algo: str, env_id: str, overrides: dict | None, updater: str,
+                           fused_adam: bool) -> tuple[dict, dict, dict, bool, int | None]:
+    """Zoo values plus ``overrides``, split into algorithm keywords, policy keywords and
+    sparse options; also ``normalize`` and the table's ``n_envs``."""
+    hp = zoo_hyperparameters(algo, env_id)
+    hp.update(overrides or {})
+    normalize = bool(hp.pop("normalize", False))
+    n_envs = hp.pop("n_envs", None)
+    policy_kwargs = dict(hp.pop("policy_kwargs", {}) or {})
+    for key in POLICY_KEYS:
+        if key in hp:
+            policy_kwargs[key] = hp.pop(key)
+    sparse_hp = {k: hp.pop(k) for k in list(hp) if k in SPARSE_DEFAULTS}
+    if sparse_hp and updater == DENSE:
+        raise ValueError(f"sparse options {sorted(sparse_hp)} given with --updater dense")
+    if fused_adam and algo != "a2c":
+        opt_kwargs = {"eps": 1e-5} if algo == "ppo" else {}
+        opt_kwargs.update(policy_kwargs.get("optimizer_kwargs") or {})
+        opt_kwargs["fused"] = True
+        policy_kwargs["optimizer_kwargs"] = opt_kwargs
+    return resolve_schedules(hp), policy_kwargs, sparse_hp, normalize, n_envs
+
+
+def _envs(env_id: str, n_envs: int, seed: int, normalize: bool, gamma: float):
+    """Training and evaluation environments (``VecNormalize`` when ``normalize``)."""
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
+    if normalize:
+        env = VecNormalize(env, gamma=gamma)
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+    return env, eval_env
+
+
+def _action_noise(noise: Any, env) -> NormalActionNoise | None:
+    """The table's ``("normal", std)`` as SB3 action noise."""
+    if noise is None:
+        return None
+    kind, std = noise
+    if kind != "normal":
+        raise ValueError(f"action_noise kind must be 'normal', got {kind!r}")
+    dim = env.action_space.shape[-1]
+    return NormalActionNoise(mean=[0.0] * dim, sigma=[float(std)] * dim)
+
+
+def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float = 0.9,
+               distribution: str = "erk", seed: int = 0, overrides: dict | None = None,
+               sparse_options: dict | None = None, n_envs: int | None = None,
+               device: str = "cpu", verbose: int = 0, fused_adam: bool = False):
+    """Build ``(model, eval_env)``: the agent with zoo hyperparameters (``overrides``
+    win), sparse unless ``updater == "dense"``. ``fused_adam``: Adam(fused=True) for
+    the Adam-trained algorithms (PPO keeps SB3's eps=1e-5; A2C's RMSprop is kept)."""
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    get_updater(updater, dense=True)
+    hp, policy_kwargs, sparse_hp, normalize, table_envs = _split_hyperparameters(
+        algo, env_id, overrides, updater, fused_adam)
+    env, eval_env = _envs(env_id, n_envs or int(table_envs or 1), seed, normalize,
+                          hp.get("gamma", 0.99))
+    noise = _action_noise(hp.pop("action_noise", None), env)
+    if noise is not None:
+        hp["action_noise"] = noise
+    if updater == DENSE:
+        policy: Any = "MlpPolicy"
+    else:
+        policy = SPARSE_POLICIES[algo]
+        policy_kwargs.update(sparsity=sparsity, updater=updater, distribution=distribution,
+                             seed=seed)
+        policy_kwargs.update(sparse_options or {})
+        policy_kwargs.update(sparse_hp)
+    model = getattr(sb3, algo.upper())(policy, env, policy_kwargs=policy_kwargs, seed=seed,
+                                       device=device, verbose=verbose, **hp)
+    return model, eval_env
+
+
+def evaluation_callback(eval_env, every: int, episodes: int, rows: list, csv_path=None,
+                        echo=None):
+    """An SB3 callback evaluating the deterministic policy every ``every`` timesteps
+    (and at the start and the end); rows ``(timesteps, mean, std)``."""
+    class EvalCurve(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.next_eval = 0
+            self.seconds = 0.0  # time spent evaluating (excluded from training time)
+
+        def _evaluate(self) -> None:
+            start = time.perf_counter()
+            try:
+                self._evaluate_now()
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        def _evaluate_now(self) -> None:
+            sync_envs_normalization(self.training_env, eval_env)
+            returns, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=episodes,
+                                         deterministic=True, return_episode_rewards=True)
+            row = (int(self.num_timesteps), float(np.mean(returns)), float(np.std(returns)))
+            if rows and rows[-1][0] == row[0]:
+                return
+            rows.append(row)
+            self.logger.record("eval/mean_reward", row[1])
+            if csv_path is not None:
+                write_curve_csv(csv_path, rows)
+            if echo is not None:
+                echo(row)
+
+        def _on_training_start(self) -> None:
+            self.next_eval = self.num_timesteps
+            self._evaluate()
+            self.next_eval += every
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next_eval:
+                self._evaluate()
+                while self.next_eval <= self.num_timesteps:
+                    self.next_eval += every
+            return True
+
+        def _on_training_end(self) -> None:
+            self._evaluate()
+
+    return EvalCurve()
+
+
+def write_curve_csv(path: Path, rows: list) -> None:
+    """Write evaluation rows ``(timesteps, mean, std)`` as CSV."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["timesteps", "mean", "std"])
+        writer.writerows(rows)
+
+
+def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: str = "srigl",
+                       sparsity: float = 0.9, distribution: str = "erk",
+                       timesteps: int = 50_000, seed: int = 0, eval_episodes: int = 10,
+                       n_evals: int = 5, overrides: dict | None = None,
+                       sparse_options: dict | None = None) -> dict[str, Any]:
+    """Train one agent and evaluate it: ``n_evals`` deterministic evaluations spread
+    over training (plus one at the start) and a final one of ``eval_episodes`` episodes.
+
+    Returns ``mean_return``/``std_return`` (final evaluation), ``auc_return`` (mean of
+    the curve after the start, a sample-efficiency measure), ``best_return``, the curve
+    itself, wall/training seconds, and ``masks`` (the topology's metrics; ``{}`` dense).
+    """
+    check_sparsity(sparsity)
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    if eval_episodes < 1 or n_evals < 1:
+        raise ValueError(f"eval_episodes and n_evals must be >= 1, got {eval_episodes}, "
+                         f"{n_evals}")
+    # the algorithm seeds torch, numpy and random itself (SB3's ``seed=``)
+    model, eval_env = make_agent(algo, env_id, updater, sparsity, distribution, seed,
+                                 overrides, sparse_options)
+    rows: list = []
+    callback = evaluation_callback(eval_env, max(1, timesteps // n_evals), eval_episodes, rows)
+    start = time.perf_counter()
+    model.learn(timesteps, callback=callback)
+    wall = time.perf_counter() - start
+    metrics = model.policy.sparse_metrics() if hasattr(model.policy, "sparse_metrics") else {}
+    curve = [r[1] for r in rows[1:]] or [math.nan]
+    return {
+        "mean_return": rows[-1][1], "std_return": rows[-1][2],
+        "auc_return": float(np.mean(curve)), "best_return": float(max(curve)),
+        "curve": [list(r) for r in rows], "wall_s": wall,
+        "train_s": wall - callback.seconds, "timesteps": int(model.num_timesteps),
+        "masks": {k: float(v) for k, v in metrics.items()},
+    }

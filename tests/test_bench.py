@@ -1,0 +1,131 @@
+"""The shared interleaved timer (:mod:`sparse_agents.timing`) and the benchmark modules'
+command lines (:mod:`sparse_agents.experiments.bench`)."""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+import warnings
+
+import pytest
+import torch
+
+from sparse_agents.condensed import kernels as K
+from sparse_agents.timing import sample_interleaved, synchronize, time_interleaved
+
+
+def _sleeper(seconds: float):
+    def fn():
+        time.sleep(seconds)
+    return fn
+
+
+def test_slower_candidate_measures_slower():
+    times = time_interleaved({"fast": _sleeper(0.0), "slow": _sleeper(0.002)}, rounds=3)
+    assert set(times) == {"fast", "slow"}
+    assert times["slow"] > times["fast"]
+    assert times["slow"] >= 0.0015
+
+
+def test_rounds_interleave_candidates():
+    calls: list[str] = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "AB"}
+    samples = sample_interleaved(fns, rounds=4, calls=1, warmup=0)
+    assert calls == list("ABABABAB")
+    assert {n: len(s) for n, s in samples.items()} == {"A": 4, "B": 4}
+
+
+def test_warmup_calls_and_calls_per_sample():
+    calls: list[str] = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "AB"}
+    sample_interleaved(fns, rounds=2, calls={"A": 2, "B": 1}, warmup=1)
+    assert calls == ["A", "B"] + ["A", "A", "B"] * 2
+
+
+def test_rotate_and_before_hooks():
+    calls: list[str] = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "ABC"}
+    before = {"B": lambda: calls.append("b")}
+    sample_interleaved(fns, rounds=3, warmup=0, rotate=True, before=before)
+    assert calls == list("AbBC" + "bBCA" + "CAbB")
+
+
+def test_median_is_returned(monkeypatch):
+    """Each sample lasts a scripted time; the result is their median, not the mean."""
+    durations = iter([1.0, 9.0, 2.0, 3.0, 100.0])  # seconds, one per sample
+    clock = [0.0]
+
+    def fake_perf_counter():
+        return clock[0]
+
+    def fn():
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(time, "perf_counter", fake_perf_counter)
+    samples = sample_interleaved({"f": fn}, rounds=5, warmup=0)
+    monkeypatch.undo()
+    assert samples["f"] == [1.0, 9.0, 2.0, 3.0, 100.0]
+    assert statistics.median(samples["f"]) == 3.0
+    durations = iter([1.0, 9.0, 2.0, 3.0, 100.0])
+    clock[0] = 0.0
+    monkeypatch.setattr(time, "perf_counter", fake_perf_counter)
+    assert time_interleaved({"f": fn}, rounds=5, warmup=0) == {"f": 3.0}
+
+
+def test_per_call_seconds_and_calibration():
+    counts = {"f": 0}
+
+    def fn():
+        counts["f"] += 1
+        time.sleep(0.001)
+
+    samples = sample_interleaved({"f": fn}, rounds=2, min_sample_s=0.005, warmup=0)
+    # one calibration call, then at most 5 calls per sample (sleep may oversleep)
+    assert 1 + 2 * 1 <= counts["f"] <= 1 + 2 * 5
+    assert all(0.0009 <= s < 0.01 for s in samples["f"])
+
+
+def test_drop_slower_after_first_round():
+    calls: list[str] = []
+
+    def make(name, seconds):
+        def fn():
+            calls.append(name)
+            time.sleep(seconds)
+        return fn
+
+    samples = sample_interleaved({"fast": make("fast", 0.0), "slow": make("slow", 0.005)},
+                                 rounds=3, warmup=0, drop_slower=3.0)
+    assert len(samples["slow"]) == 1 and len(samples["fast"]) == 3
+    assert calls == ["fast", "slow", "fast", "fast"]
+
+
+def test_synchronize_cpu_is_a_no_op():
+    synchronize(None)
+    synchronize("cpu")
+    synchronize(torch.device("cpu"))
+
+
+def test_measure_uses_the_timer_and_checks_outputs():
+    x = torch.randn(4, 8)
+    w = torch.randn(3, 8)
+    fns = {"dense": lambda x: x @ w.T, "same": lambda x: (w @ x.T).T,
+           "wrong": lambda x: x @ w.T + 1.0}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        times = K.measure(fns, x, budget_s=0.01, rounds=3)
+    assert set(times) == {"dense", "same"}
+    assert all(t > 0 for t in times.values())
+    assert any("'wrong' disagrees" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("name", ["condensed", "topology", "cl", "rl", "rl_stream",
+                                  "profile_gpu"])
+def test_bench_modules_parse_and_describe_reruns(name, capsys):
+    mod = importlib.import_module(f"sparse_agents.experiments.bench.{name}")
+    with pytest.raises(SystemExit) as exit_info:
+        mod.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out.replace("\n", " ")
+    assert "overwrite" in text or "finished runs are skipped" in text or "no files" in text
