@@ -20,8 +20,8 @@ Digits are split train/test by a seeded permutation (``test_fraction``, default
 0.25); file datasets use their official split. Everything is deterministic under
 ``seed``. :func:`load_stream` needs only torch and numpy; :func:`make_benchmark` (and
 the named builders) wraps the tensors into an Avalanche benchmark with task labels and
-a classes timeline (``benchmark_from_datasets`` + ``with_task_labels`` +
-``with_classes_timeline``), importing Avalanche only then.
+a classes timeline (task-aware datasets, ``benchmark_from_datasets`` +
+``with_task_labels`` + ``with_classes_timeline``), importing Avalanche only then.
 """
 
 from __future__ import annotations
@@ -257,23 +257,29 @@ def _import_avalanche():
         from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
         from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
         from avalanche.benchmarks.scenarios.task_aware import with_task_labels
-        from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+        from avalanche.benchmarks.utils.classification_dataset import (
+            TaskAwareSupervisedClassificationDataset,
+        )
         from avalanche.benchmarks.utils.data_attribute import DataAttribute, TaskLabels
     return (benchmark_from_datasets, with_classes_timeline, with_task_labels,
-            ClassificationDataset, DataAttribute, TaskLabels)
+            TaskAwareSupervisedClassificationDataset, DataAttribute, TaskLabels)
 
 
 def to_benchmark(data: StreamData):
     """Wrap a :class:`StreamData` into an Avalanche ``CLScenario`` with ``train_stream``
     and ``test_stream``; experiences carry ``task_label`` and the classes timeline.
-    Samples are ``(x, y, task_label)``."""
+    Samples are ``(x, y, task_label)``.
+
+    Datasets are task-aware, as those of Avalanche's own benchmarks (``nc_benchmark``
+    and the classic benchmarks): ``exp.dataset.targets_task_labels`` and
+    ``exp.dataset.task_set`` exist, which ``LwF`` and task-grouped replay buffers use."""
     from torch.utils.data import TensorDataset
 
     (benchmark_from_datasets, with_classes_timeline, with_task_labels,
-     ClassificationDataset, DataAttribute, TaskLabels) = _import_avalanche()
+     TaskAwareDataset, DataAttribute, TaskLabels) = _import_avalanche()
 
     def dataset(x: Tensor, y: Tensor, task: int):
-        return ClassificationDataset(
+        return TaskAwareDataset(
             [TensorDataset(x, y)],
             data_attributes=[DataAttribute(y.tolist(), "targets"),
                              TaskLabels([int(task)] * len(y))])

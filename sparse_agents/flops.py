@@ -216,14 +216,16 @@ def _dummy(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
 def _trace(model: nn.Module, inputs: Any, forward: Forward) -> tuple[list[_Call], dict]:
     """Run ``forward(model, inputs)`` once in eval mode without gradients, with hooks
     on the counted layers and on element-wise activations; restore every module's
-    training flag. Returns the calls in order and ``{name: (layer, explicit mask)}``."""
+    training flag. Returns the calls in order and ``{name: counted module}``."""
     names = {}
     counted: dict[str, tuple[nn.Module, Tensor | None]] = {}
+    hooked: dict[str, nn.Module] = {}
     wrapped = set()
     for name, module in model.named_modules():
         found = _counted(module)
         if found is not None and id(module) not in wrapped:
             counted[name] = found
+            hooked[name] = module
             if found[0] is not module:
                 wrapped.add(id(found[0]))
         names[id(module)] = name
@@ -272,7 +274,7 @@ def _trace(model: nn.Module, inputs: Any, forward: Forward) -> tuple[list[_Call]
             handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    return calls, counted
+    return calls, hooked
 
 
 def flops(model: nn.Module, input_shape: Sequence[int] | None = None, *,
@@ -299,10 +301,12 @@ def flops(model: nn.Module, input_shape: Sequence[int] | None = None, *,
         if isinstance(input_shape, numbers.Integral):
             input_shape = (int(input_shape),)
         inputs = _dummy(model, input_shape)
-    calls, counted = _trace(model, inputs, forward or _default_forward)
+    calls, hooked = _trace(model, inputs, forward or _default_forward)
+    # masks as they are after the forward (a PackNet forward selects its task's mask)
     views = _hidden_views(model)
-    masks = {name: _active(name, layer, explicit, views)
-             for name, (layer, explicit) in counted.items()}
+    called = {call.name for call in calls}
+    masks = {name: _active(name, *_counted(module), views) for name, module in hooked.items()
+             if name in called}
     totals: dict[str, dict[str, int]] = {}
     dead_rows: list[Tensor] = []  # per call: rows with a constant output
     for call in calls:

@@ -5,6 +5,7 @@ else is per-task state. See docs/task_masks.md."""
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -60,6 +61,23 @@ def task_densities(
         )
     scaled = layer_densities(shapes, max(0.0, 1.0 - need), distribution, power=power)
     return [d / n_tasks for d in scaled]
+
+
+def _check_options(overflow: str, transfer: bool, n_tasks: int | None,
+                   topology_kwargs: dict) -> int | None:
+    """Validate ``TaskMasks``' own options; drops topology keywords it sets itself."""
+    if overflow not in OVERFLOW:
+        raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
+    if not isinstance(transfer, bool):
+        raise ValueError(f"transfer must be True or False, got {transfer!r}")
+    for key in ("optimizer", "sparsity", "updater", "distribution", "seed"):
+        topology_kwargs.pop(key, None)
+    unknown = set(topology_kwargs) - set(inspect.signature(SparseTopology).parameters)
+    if unknown:
+        raise ValueError(f"TaskMasks got unknown keyword arguments {sorted(unknown)}: "
+                         "the extra ones go to SparseTopology (delta_t, t_end, "
+                         "drop_fraction, schedule, gamma_sal, grad_masking, ...)")
+    return None if n_tasks is None else _check_n_tasks(n_tasks)
 
 
 def _check_n_tasks(n_tasks: int) -> int:
@@ -174,19 +192,7 @@ class TaskMasks:
         power: float = 1.0,
         **topology_kwargs,
     ) -> None:
-        if overflow not in OVERFLOW:
-            raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
-        if not isinstance(transfer, bool):
-            raise ValueError(f"transfer must be True or False, got {transfer!r}")
-        if n_tasks is not None:
-            n_tasks = _check_n_tasks(n_tasks)
-        for key in ("optimizer", "sparsity", "updater", "distribution", "seed"):
-            topology_kwargs.pop(key, None)
-        unknown = set(topology_kwargs) - set(inspect.signature(SparseTopology).parameters)
-        if unknown:
-            raise ValueError(f"TaskMasks got unknown keyword arguments {sorted(unknown)}: "
-                             "the extra ones go to SparseTopology (delta_t, t_end, "
-                             "drop_fraction, schedule, gamma_sal, grad_masking, ...)")
+        n_tasks = _check_options(overflow, transfer, n_tasks, topology_kwargs)
         self.model = model
         self.sparsity = check_sparsity(sparsity)
         self.updater = updater
@@ -197,32 +203,16 @@ class TaskMasks:
         dense_layers = list(dense_layers)
         # per-task budgets first, so that bad arguments leave the model untouched
         candidates = find_maskable(model)
-        names = [n for n, _ in candidates]
-        dense_idx = select_layers(dense_layers, names, "dense_layers")
-        shapes = [tuple(m.weight.shape) for i, (_, m) in enumerate(candidates)
+        dense_idx = select_layers(dense_layers, [n for n, _ in candidates], "dense_layers")
+        sparse = [(f"{n}.weight", m) for i, (n, m) in enumerate(candidates)
                   if i not in dense_idx]
-        if not shapes:
+        if not sparse:
             raise ValueError("dense_layers covers every maskable layer: nothing left to mask")
-        fits = n_tasks is None or (1.0 - self.sparsity) * n_tasks <= 1.0 + 1e-9
-        # overflow="shrink" with more tasks than fit: plain allocation, later tasks
-        # get what is left
-        cap = n_tasks if fits or overflow == "raise" else None
-        densities = task_densities(shapes, self.sparsity, distribution, cap, power)
-        budgets = kept_counts(shapes, densities)
-        sparse_names = [f"{n}.weight" for i, n in enumerate(names) if i not in dense_idx]
-        sparse_numels = [m.weight.numel() for i, (_, m) in enumerate(candidates)
-                         if i not in dense_idx]
-        if cap is not None:
-            for name, numel in zip(sparse_names, sparse_numels, strict=True):
-                if numel < n_tasks:
-                    raise ValueError(f"layer {name!r} has {numel} weights, fewer than "
-                                     f"n_tasks={n_tasks}")
-            budgets = [min(b, numel // n_tasks) for b, numel in
-                       zip(budgets, sparse_numels, strict=True)]
+        sparse_names = [name for name, _ in sparse]
+        budgets = self._task_budgets([tuple(m.weight.shape) for _, m in sparse], sparse_names,
+                                     power)
         # the initialisation new weights start from
-        self._init: dict[str, Tensor] = {
-            f"{n}.weight": m.weight.detach().clone() for i, (n, m) in enumerate(candidates)
-            if i not in dense_idx}
+        self._init: dict[str, Tensor] = {name: m.weight.detach().clone() for name, m in sparse}
         # one topology for every task: per-task budgets, no weight owned yet (all masks
         # empty, so every masked weight starts at 0)
         empty = {name: torch.zeros(self._init[name].shape, dtype=torch.bool)
@@ -247,6 +237,26 @@ class TaskMasks:
         self._pending: int | None = None  # loaded in progress, waiting for resume_task
         self._unseen: int | None = None  # an untrained id selected with allow_unseen
         self._loads = 0
+
+    def _task_budgets(self, shapes: list[tuple[int, ...]], names: list[str],
+                      power: float) -> list[int]:
+        """Weights one task claims per layer: ``1 - sparsity`` spread by ``distribution``,
+        each layer capped at ``1 / n_tasks`` when that many tasks must fit."""
+        n_tasks = self.n_tasks
+        fits = n_tasks is None or (1.0 - self.sparsity) * n_tasks <= 1.0 + 1e-9
+        # overflow="shrink" with more tasks than fit: plain allocation, later tasks
+        # get what is left
+        cap = n_tasks if fits or self.overflow == "raise" else None
+        densities = task_densities(shapes, self.sparsity, self.distribution, cap, power)
+        budgets = kept_counts(shapes, densities)
+        if cap is None:
+            return budgets
+        numels = [math.prod(shape) for shape in shapes]
+        for name, numel in zip(names, numels, strict=True):
+            if numel < cap:
+                raise ValueError(f"layer {name!r} has {numel} weights, fewer than "
+                                 f"n_tasks={cap}")
+        return [min(b, numel // cap) for b, numel in zip(budgets, numels, strict=True)]
 
     # ------------------------------------------------------------------ properties
     @property

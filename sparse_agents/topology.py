@@ -287,20 +287,13 @@ class SparseTopology:
         budgets: Mapping[str, int] | None = None,
         masks: Mapping[str, Tensor] | str | None = None,
     ) -> None:
+        self._check_choices(distribution, schedule, grad_masking, seed)
         self.sparsity = check_sparsity(sparsity)
         self.spec = get_updater(updater)
-        if distribution not in METHODS:
-            raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-        if grad_masking not in GRAD_MASKING:
-            raise ValueError(f"grad_masking must be one of {GRAD_MASKING}, got {grad_masking!r}")
         self.schedule = UpdateSchedule(delta_t, t_end, drop_fraction, schedule)
         self.updater = updater
         self.distribution = distribution
         self.grad_masking = grad_masking
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
         self.seed = int(seed)
         self.model = model
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -313,6 +306,11 @@ class SparseTopology:
         self._handles: list = []
         self._grad_handles: list = []
         self.optimizer: torch.optim.Optimizer | None = None
+        # the output layer SRigL protects is the last maskable layer in forward order,
+        # seen at the first update (registration order can differ)
+        self._forward_order: ForwardOrder | None = None
+        if output_layers is None and not ablate_output and self.spec.ablates:
+            self._forward_order = ForwardOrder([m for _, m in find_maskable(model)])
 
         from_model = isinstance(masks, str)
         if from_model:  # start from the masks the model already has
@@ -327,45 +325,66 @@ class SparseTopology:
         if len(dense_idx) == len(names):
             raise ValueError("dense_layers covers every maskable layer: nothing left to sparsify"
                              if masks is None else "masks: no maskable layer has a mask")
+        self.dense_names = [f"{names[i]}.weight" for i in sorted(dense_idx)]
+        self._dense_numel = sum(candidates[i][1].weight.numel() for i in dense_idx)
+        plan = self._allocate(candidates, dense_idx, power, renormalise, budgets)
+        out_idx = (set() if output_layers is None
+                   else select_layers(output_layers, names, "output_layers"))
+        gammas = self._gammas(gamma_sal, names)
+        self.layers: list[MaskedLayer] = [
+            MaskedLayer(name=f"{name}.weight", module_name=name, module=module,
+                        density=plan[i][0], budget=plan[i][1], gamma_sal=gammas[i],
+                        allow_ablation=ablate_output or i not in out_idx,
+                        ever_active=torch.zeros(module.weight.shape, dtype=torch.bool,
+                                                device=module.weight.device))
+            for i, (name, module) in enumerate(candidates) if i not in dense_idx]
+        empty = [x.name for x in self.layers if x.budget == 0]
+        if empty and self.spec.constant_fan_in:
+            raise ValueError(f"budget of {empty} is 0: updater {updater!r} needs at least one "
+                             "weight per masked layer; keep those layers dense "
+                             "(dense_layers) or give them weights")
+        if masks is not None and from_model:
+            masks = {x.name: masks[x.name] for x in self.layers}
+        _check_masks(masks, self.layers)
+        for layer in self.layers:
+            self._install_mask(layer, None if masks is None else masks.get(layer.name))
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    @staticmethod
+    def _check_choices(distribution: str, schedule: str, grad_masking: str, seed: int) -> None:
+        """``ValueError`` naming the parameter for an unknown choice or a bad seed."""
+        if distribution not in METHODS:
+            raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if grad_masking not in GRAD_MASKING:
+            raise ValueError(f"grad_masking must be one of {GRAD_MASKING}, got {grad_masking!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+
+    def _allocate(self, candidates: list[tuple[str, nn.Module]], dense_idx: set[int],
+                  power: float, renormalise: bool, budgets: Mapping[str, int] | None
+                  ) -> dict[int, tuple[float, int]]:
+        """Layer index -> (density, budget): ``distribution`` at ``sparsity``, whole rows
+        for a constant fan-in updater, then the ``budgets`` given."""
         shapes = [tuple(m.weight.shape) for _, m in candidates]
-        densities = layer_densities(shapes, self.sparsity, distribution, dense=dense_idx,
+        numels = [m.weight.numel() for _, m in candidates]
+        modules = [n for n, _ in candidates]
+        if budgets and all(n in budgets or f"{n}.weight" in budgets
+                           for i, n in enumerate(modules) if i not in dense_idx):
+            # every sparse layer's budget is given: no allocation to make (or refuse)
+            final = _override_budgets([0] * len(modules), modules, numels, budgets)
+            return {i: (final[i] / numels[i], final[i]) for i in range(len(modules))}
+        densities = layer_densities(shapes, self.sparsity, self.distribution, dense=dense_idx,
                                     power=power, renormalise=renormalise)
         counted = kept_counts(shapes, densities)
         allocated = counted
         if self.spec.constant_fan_in:  # whole rows, so no budget is lost to k's rounding
             allocated = constant_fan_in_counts(shapes, counted, fixed=dense_idx)
-        layer_budgets = _override_budgets(allocated, names, [m.weight.numel() for _, m in
-                                                             candidates], budgets)
-        sparse_idx = [i for i in range(len(names)) if i not in dense_idx]
-        out_idx = (set() if output_layers is None
-                   else select_layers(output_layers, names, "output_layers"))
-        gammas = self._gammas(gamma_sal, names)
-        # the output layer SRigL protects is the last maskable layer in forward order,
-        # seen at the first update (registration order can differ)
-        self._forward_order: ForwardOrder | None = None
-        if output_layers is None and not ablate_output and self.spec.ablates:
-            self._forward_order = ForwardOrder([m for _, m in find_maskable(model)])
-
-        self.dense_names = [f"{names[i]}.weight" for i in sorted(dense_idx)]
-        self._dense_numel = sum(candidates[i][1].weight.numel() for i in dense_idx)
-        self.layers: list[MaskedLayer] = [
-            MaskedLayer(
-                name=f"{names[i]}.weight", module_name=names[i], module=candidates[i][1],
-                density=(densities[i] if layer_budgets[i] == counted[i]
-                         else layer_budgets[i] / candidates[i][1].weight.numel()),
-                budget=layer_budgets[i], gamma_sal=gammas[i],
-                allow_ablation=ablate_output or i not in out_idx,
-                ever_active=torch.zeros(candidates[i][1].weight.shape, dtype=torch.bool,
-                                        device=candidates[i][1].weight.device))
-            for i in sparse_idx]
-        if masks is not None and from_model:
-            masks = {x.name: masks[x.name] for x in self.layers}
-        _check_masks(masks, self.layers)
-        for layer in self.layers:
-            given = None if masks is None else masks.get(layer.name)
-            self._install_mask(layer, given)
-        if optimizer is not None:
-            self.attach(optimizer)
+        final = _override_budgets(allocated, modules, numels, budgets)
+        return {i: (densities[i] if final[i] == counted[i] else final[i] / numels[i], final[i])
+                for i in range(len(candidates))}
 
     # ------------------------------------------------------------------ set-up
     @staticmethod

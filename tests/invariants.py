@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from sparse_agents.optim_state import reset_value, weight_shaped_state
 from sparse_agents.updaters.base import as_matrix
 

@@ -7,21 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from fixtures.make_pre_move_models import outputs
 from stable_baselines3 import PPO
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "pre_move_actions.json").read_text())
-OBS = np.asarray(EXPECTED["obs"], dtype=np.float32)
-
-
-def outputs(model) -> dict:
-    obs, _ = model.policy.obs_to_tensor(OBS)
-    with torch.no_grad():
-        probs = model.policy.get_distribution(obs).distribution.probs
-        values = model.policy.predict_values(obs)
-    return {"actions": model.predict(OBS, deterministic=True)[0].tolist(),
-            "probs": probs.tolist(), "values": values.flatten().tolist()}
 
 
 def assert_same(got: dict, want: dict) -> None:

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from avalanche_helpers import Net
 from invariants import check_topology
 from torch import nn
 
@@ -12,29 +13,17 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from avalanche.core import SupervisedPlugin
     from avalanche.evaluation.metrics import accuracy_metrics
-    from avalanche.models import MultiHeadClassifier, MultiTaskModule
     from avalanche.training import EWC, Naive, Replay
     from avalanche.training.plugins import EvaluationPlugin
 
 from continual import DSTPlugin, TaskMaskPlugin
 from continual.experiment import run_experiment
-from continual.streams import make_benchmark
+from continual.streams import make_benchmark, split_digits
 from continual.task_masks import FREE, OWNER_BUFFER
 from sparse_agents.topology import MASK_BUFFER
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-class Net(MultiTaskModule):
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.backbone = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
-        self.classifier = MultiHeadClassifier(32, 2, masking=False)
-
-    def forward_single_task(self, x, task_label):
-        return self.classifier(self.backbone(x), task_label)
 
 
 @pytest.fixture(scope="module")
@@ -217,14 +206,61 @@ def test_task_mask_plugin_refuses_mixed_task_batches(bench):
             strat.train(bench.train_stream[1], eval_streams=[])
 
 
+class CountIterations(SupervisedPlugin):
+    def __init__(self) -> None:
+        super().__init__()
+        self.iterations = 0
+
+    def before_training_iteration(self, strategy, **kwargs):
+        self.iterations += 1
+
+
+def test_task_mask_plugin_refuses_class_incremental_stream_at_first_experience():
+    bm = split_digits(n_tasks=2, seed=0, task_incremental=False, max_train_per_task=40)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tmp, count = TaskMaskPlugin(sparsity=0.8), CountIterations()
+    strat = strategy(Naive, model, torch.optim.Adam(model.parameters()), [tmp, count])
+    with pytest.raises(ValueError, match=r"class-incremental streams need task labels for "
+                       r"per-task masks.*use DSTPlugin, or a task-incremental stream"):
+        strat.train(bm.train_stream[0], eval_streams=[])
+    # refused before any training: no set-up, no iteration, the model untouched
+    assert tmp.task_masks is None and count.iterations == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not hasattr(model[0], MASK_BUFFER)
+
+
 def test_task_mask_plugin_needs_one_task_label():
-    bm = make_benchmark("split-digits-ci", n_tasks=2, seed=0, max_train_per_task=40)
+    """An experience carrying two task labels is refused, naming that."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+        from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+        from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    bm = split_digits(n_tasks=2, seed=0, max_train_per_task=40)
+    both = bm.train_stream[0].dataset.concat(bm.train_stream[1].dataset)
+    mixed = with_classes_timeline(with_task_labels(benchmark_from_datasets(train=[both])))
+    assert mixed.train_stream[0].task_labels == [0, 1]
     model = Net()
-    opt = torch.optim.Adam(model.parameters())
-    strat = strategy(Naive, model, opt, [TaskMaskPlugin(sparsity=0.8, n_tasks=2)])
+    tmp, count = TaskMaskPlugin(sparsity=0.8, n_tasks=2), CountIterations()
+    strat = strategy(Naive, model, torch.optim.Adam(model.parameters()), [tmp, count])
+    with pytest.raises(ValueError, match=r"one task label per experience, got \[0, 1\]"):
+        strat.train(mixed.train_stream[0], eval_streams=[])
+    assert tmp.task_masks is None and count.iterations == 0
+
+
+def test_task_mask_plugin_refuses_a_task_label_trained_already():
+    bm = split_digits(n_tasks=2, seed=0, max_train_per_task=40)
+    model = Net()
+    strat = strategy(Naive, model, torch.optim.Adam(model.parameters()),
+                     [TaskMaskPlugin(sparsity=0.8, n_tasks=2)])
     strat.train(bm.train_stream[0], eval_streams=[])
-    with pytest.raises(ValueError, match="trained already"):
-        strat.train(bm.train_stream[1], eval_streams=[])
+    with pytest.raises(ValueError, match="task label 0 was trained already"):
+        strat.train(bm.train_stream[0], eval_streams=[])
+
+
+def test_plugins_validate_arguments():
     with pytest.raises(ValueError, match="updater must be one of"):
         TaskMaskPlugin(updater="magic")
     with pytest.raises(ValueError, match="sparsity"):
@@ -292,3 +328,25 @@ def test_cli_writes_outputs(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= {"avg_accuracy", "forgetting", "bwt", "accuracy_matrix", "masks"}
     assert "avg_accuracy" in capsys.readouterr().out
+
+
+def test_dst_plugin_continues_a_torch_pruned_model_at_its_sparsity():
+    from torch.nn.utils import prune
+
+    model = Net()
+    layers = [(model.backbone[0], "weight"), (model.backbone[2], "weight")]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=0.8)
+    pruned = {n: m.weight_mask.bool().clone() for n, m in (("backbone.0", model.backbone[0]),
+                                                           ("backbone.2", model.backbone[2]))}
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    dst = DSTPlugin(updater="rigl", masks="existing", delta_t=2)
+    strat = Naive(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(),
+                  train_mb_size=16, train_epochs=1, plugins=[dst], evaluator=None)
+    bm = split_digits(seed=0, max_train_per_task=64)
+    strat.train(bm.train_stream[0])
+    topo = dst.topology
+    assert topo.n_updates > 0
+    for layer in topo.layers:
+        assert int(layer.mask.sum()) == int(pruned[layer.module_name].sum())
+    check_topology(topo, opt)
+    assert topo.metrics()["density"] == pytest.approx(0.2, abs=1e-3)

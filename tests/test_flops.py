@@ -175,18 +175,26 @@ def test_task_mask_views_count_the_weights_each_view_computes_with():
 
 def test_packnet_style_wrapper_counts_visible_weights():
     class Wrapper(nn.Module):
-        def __init__(self, inner: nn.Linear, visible: torch.Tensor) -> None:
+        """As Avalanche's PackNet layers: the forward selects the task's visible weights
+        (zeroing the old mask in place and assigning a new one) and calls F.linear."""
+
+        def __init__(self, inner: nn.Linear, task_index: torch.Tensor) -> None:
             super().__init__()
             self.wrappee = inner
-            self.register_buffer("visible_mask", visible)
+            self.task = 0
+            self.register_buffer("task_index", task_index)
+            self.register_buffer("visible_mask", torch.ones_like(task_index, dtype=torch.bool))
 
         def forward(self, x):
+            self.visible_mask.zero_()
+            self.visible_mask = self.task_index <= self.task
             return nn.functional.linear(x, self.wrappee.weight * self.visible_mask,
                                         self.wrappee.bias)
 
-    wrapped = Wrapper(nn.Linear(4, 3), torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0],
-                                                     [1, 0, 0, 1]]).bool())
+    wrapped = Wrapper(nn.Linear(4, 3), torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 0]]))
     assert flops(wrapped, (4,)).sparse == 2 * 4 + 2
+    wrapped.task = 1
+    assert flops(wrapped, (4,)).sparse == 2 * 12 + 3
     assert list(active_masks(wrapped)) == [""]
 
 
@@ -231,8 +239,7 @@ def test_sb3_logger_records_forward_flops(tmp_path):
 
     model = PPO(SparseActorCriticPolicy, "CartPole-v1", n_steps=64, batch_size=32,
                 n_epochs=1, seed=0, device="cpu",
-                policy_kwargs=dict(net_arch=[32, 32], sparsity=0.9, delta_t=2,
-                                   condensed_rollout=True))
+                policy_kwargs=dict(net_arch=[32, 32], sparsity=0.9, delta_t=2))
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(128)
     with open(tmp_path / "progress.csv") as fh:
@@ -243,8 +250,15 @@ def test_sb3_logger_records_forward_flops(tmp_path):
     assert {float(r["sparse/flops_dense_forward"]) for r in rows} == {dense}
     sparse = [float(r["sparse/flops_forward"]) for r in rows]
     assert sparse and all(0 < v < 0.3 * dense for v in sparse)
-    metrics = model.policy.sparse_metrics()
-    obs = torch.zeros(1, 4)
-    expected = flops(model.policy, inputs=obs,
+    policy = model.policy
+    expected = flops(policy, inputs=torch.zeros(1, 4),
                      forward=lambda p, x: ActorCriticPolicy.forward(p, x, deterministic=True))
-    assert metrics["flops_forward"] == expected.sparse > 0  # past the condensed copy
+    assert policy.sparse_metrics()["flops_forward"] == expected.sparse > 0
+
+    class Condensed:  # a condensed rollout copy would hide the hooked layers
+        def forward(self, *args, **kwargs):
+            raise AssertionError("the FLOPs forward must bypass the condensed copy")
+
+    policy._fast = lambda: Condensed()
+    policy._sparse._metrics_key = None  # recompute
+    assert policy.sparse_metrics()["flops_forward"] == expected.sparse

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from avalanche_helpers import Net
 from helpers import batch, mlp
 from invariants import check_topology
 from stable_baselines3 import DQN, PPO, SAC
@@ -30,7 +31,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from avalanche.core import SupervisedPlugin
     from avalanche.evaluation.metrics import accuracy_metrics
-    from avalanche.models import MultiHeadClassifier, MultiTaskModule
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -195,17 +195,6 @@ def test_condensed_rollout_on_device_same_actions(name, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- Avalanche
-class Net(MultiTaskModule):
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.backbone = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
-        self.classifier = MultiHeadClassifier(32, 2, masking=False)
-
-    def forward_single_task(self, x, task_label):
-        return self.classifier(self.backbone(x), task_label)
-
-
 @pytest.fixture(scope="module")
 def bench():
     return split_digits(n_tasks=3, seed=0, task_incremental=True, max_train_per_task=80)

@@ -25,6 +25,7 @@ from sparse_agents.sb3 import (
     SparseSACPolicy,
     SparseTD3Policy,
     SparsityCallback,
+    defaults_for,
     make_sparse,
     planned_optimizer_steps,
     short_layer_names,
@@ -45,6 +46,7 @@ def make(name: str, seed: int = 0, env=None, **policy_kwargs):
     """A tiny sparse agent: small nets, a few hundred steps, frequent updates."""
     pk = dict(net_arch=[32, 32], delta_t=4, sparsity=0.9, seed=seed)
     pk.update(policy_kwargs)
+    pk = {k: v for k, v in pk.items() if v is not None}  # None: the policy's default
     kw: dict = dict(seed=seed, verbose=0, device="cpu", policy_kwargs=pk)
     if name == "PPO":
         kw.update(n_steps=64, batch_size=32, n_epochs=2)
@@ -84,7 +86,8 @@ def test_learn_keeps_invariants_and_places_t_end(name, updater):
     for key, topo in model.policy.topologies.items():
         planned = planned_optimizer_steps(model, STEPS[name], key)
         assert topo.step == planned, (key, topo.step, planned)  # the t_end rule's count
-        assert topo.schedule.t_end == math.floor(0.75 * planned)
+        frac = defaults_for(type(model.policy))["t_end_fraction"]
+        assert topo.schedule.t_end == math.floor(frac * planned)
         if updater != "static":
             assert topo.n_updates == topo.schedule.n_updates(topo.step) > 0
     if name in ("SAC", "TD3"):
@@ -359,7 +362,8 @@ def test_reset_num_timesteps_true_continues_topology_and_restarts_schedule():
     topo = model.policy.topology
     step = topo.step
     model.learn(128)  # a fresh count: the schedule restarts from the current step
-    assert topo.schedule.t_end == step + math.floor(0.75 * planned_optimizer_steps(model, 128))
+    frac = defaults_for(type(model.policy))["t_end_fraction"]
+    assert topo.schedule.t_end == step + math.floor(frac * planned_optimizer_steps(model, 128))
 
 
 # ---------------------------------------------------------------------------- condensed
@@ -425,7 +429,7 @@ def test_train_and_evaluate_one_call_experiment():
     from sparse_agents.experiments.rl import train_and_evaluate
 
     # 4 rollouts of 2 x 64 steps, 2 epochs of 2 mini-batches: 16 optimizer steps;
-    # t_end = 0.75 * 16 = 12, so updates at steps 4 and 8
+    # t_end = 0.8 * 16 = 12.8 -> 12, so updates at steps 4 and 8
     out = train_and_evaluate("ppo", "CartPole-v1", "srigl", 0.8, "uniform", timesteps=512,
                              seed=3, eval_episodes=2, n_evals=2,
                              overrides=dict(n_envs=2, n_steps=64, batch_size=64, n_epochs=2),
@@ -467,3 +471,18 @@ def test_calling_algorithm_finds_the_model_from_train_and_not_from_predict(name,
     seen.clear()
     model.predict(np.zeros(model.observation_space.shape, dtype=np.float32))
     assert seen and all(not from_training for _, from_training, _ in seen), seen
+
+
+def test_rl_defaults_per_algorithm_family():
+    """The image-classification schedule (every 100 steps, drop 0.3) is not the RL one."""
+    from sparse_agents.sb3 import FAMILY_DEFAULTS
+
+    on, off = FAMILY_DEFAULTS["on_policy"], FAMILY_DEFAULTS["off_policy"]
+    for name in ALGOS:
+        model = make(name, delta_t=None)  # make() passes delta_t=4 unless told otherwise
+        opts = model.policy._sparse_options
+        want = on if name in ("PPO", "A2C") else off
+        assert {k: opts[k] for k in want} == want, name
+        for topo in model.policy.topologies.values():
+            assert topo.schedule.delta_t == want["delta_t"]
+            assert topo.schedule.drop_fraction == want["drop_fraction"]

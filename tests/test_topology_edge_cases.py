@@ -24,6 +24,17 @@ def loss_of(model, seed: int) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
 
 
+def closure_for(model, opt, step: int):
+    """The closure of one ``opt.step(closure)``: zero_grad, loss of batch ``step``, backward."""
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(model, step)
+        loss.backward()
+        return loss
+
+    return closure
+
+
 class Spy:
     """Wraps a topology's update function and records the gradients it was given."""
 
@@ -47,13 +58,7 @@ def test_closure_steps_keep_masked_weights_and_state_zero(opt_name):
            else torch.optim.Adam(model.parameters(), lr=1e-2))
     topo = sa.SparseTopology(model, opt, sparsity=0.8, updater="rigl", delta_t=3)
     for step in range(12):
-        def closure(step=step):
-            opt.zero_grad()
-            loss = loss_of(model, step)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        opt.step(closure_for(model, opt, step))
         check_topology(topo, opt)
     assert topo.n_updates == 4
 
@@ -63,13 +68,7 @@ def test_lbfgs_closure_called_many_times_keeps_invariants():
     opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=5)
     topo = sa.SparseTopology(model, opt, sparsity=0.7, updater="set", delta_t=2)
     for step in range(4):
-        def closure(step=step):
-            opt.zero_grad()
-            loss = loss_of(model, step)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        opt.step(closure_for(model, opt, step))
         check_topology(topo, opt)
     assert topo.n_updates == 2
 
@@ -88,13 +87,7 @@ def test_closure_step_update_scores_the_fresh_dense_gradient():
             want = {id(m.weight): t.weight.grad.clone() for m, t in zip(model, twin, strict=True)
                     if isinstance(m, nn.Linear)}
 
-        def closure(step=step):
-            opt.zero_grad()
-            loss = loss_of(model, step)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        opt.step(closure_for(model, opt, step))
     assert spy.current, "no update ran"
     for key, grad in spy.current.items():
         torch.testing.assert_close(grad, want[key])
@@ -398,3 +391,13 @@ def test_masks_from_the_nonzero_pattern_and_refused_values():
         sa.SparseTopology(mlp(0), None, masks="bogus")
     with pytest.raises(ValueError, match="weight_mask buffer"):
         sa.SparseTopology(mlp(0), None, masks="existing")
+
+
+def test_srigl_refuses_a_layer_left_without_weights():
+    model = mlp(0, sizes=(8, 32, 4))
+    masks = {"0.weight": torch.ones(32, 8, dtype=torch.bool),
+             "2.weight": torch.zeros(4, 32, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"budget of \['2.weight'\] is 0"):
+        sa.SparseTopology(model, None, updater="srigl", masks=masks)
+    topo = sa.SparseTopology(mlp(0, sizes=(8, 32, 4)), None, updater="rigl", masks=masks)
+    assert topo.layer("2").budget == 0

@@ -181,7 +181,12 @@ class SparsityPluginMetric(PluginMetric[Any]):
             shape = tuple(x.shape[1:])
         _, task = phase_and_task(strategy)
         label = 0 if task is None else int(task)
-        report = count_flops(model, shape, forward=lambda m, x: avalanche_forward(m, x, label))
+
+        def forward(m: nn.Module, x: Tensor):
+            labels = torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
+            return avalanche_forward(m, x, labels)
+
+        report = count_flops(model, shape, forward=forward)
         return {"": float(report.sparse), "dense": float(report.dense), "ratio": report.ratio}
 
     def compute(self, strategy) -> Value:

@@ -6,6 +6,12 @@ Rules both plugins follow:
 
 * **Set-up** happens at the first ``before_training_exp``, after Avalanche's model
   adaptation and optimizer set-up, on the strategy's own model and optimizer.
+* **Replaced models**: some strategies put a new model object in ``strategy.model``
+  (``GDumb`` re-initialises it at every experience). :class:`DSTPlugin` then sets up
+  again on the new model (a new topology, same options); :class:`TaskMaskPlugin`
+  raises ``ValueError``, since the trained tasks' weights and masks stay on the old
+  model. Weights rewritten in place after the set-up (``FromScratchTraining`` resets
+  them to their initial values) are masked again at the start of every epoch.
 * **Optimizers**: Avalanche edits the optimizer in place between experiences (new
   heads appended, state optionally reset) and some plugins (``PackNetPlugin``)
   replace it. The plugins re-attach to ``strategy.optimizer`` at every experience and
@@ -25,6 +31,7 @@ import re
 import warnings
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from sparse_agents.distributions import METHODS, check_sparsity
@@ -71,8 +78,49 @@ def _task_label(experience) -> int:
     return int(labels[0])
 
 
+def _shared_labels_error(what: str) -> ValueError:
+    return ValueError(
+        f"TaskMaskPlugin: {what}, as on a class-incremental stream; class-incremental "
+        "streams need task labels for per-task masks (one new task label per training "
+        "experience): use DSTPlugin, or a task-incremental stream (e.g. "
+        "split_digits(task_incremental=True))")
+
+
+def _check_task_incremental(experience) -> None:
+    """Refuse a stream whose experiences repeat task labels, before any training (from
+    the experience's origin stream when it is a finite sequence; otherwise a repeated
+    label is refused when its experience comes)."""
+    try:
+        stream = experience.origin_stream
+        stream = [stream[i] for i in range(len(stream))]
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for exp in stream:
+        for label in getattr(exp, "task_labels", None) or []:
+            (shared if int(label) in seen else seen).add(int(label))
+    if shared:
+        raise _shared_labels_error(f"experiences of this stream share task labels "
+                                   f"{sorted(shared)}")
+
+
+@torch.no_grad()
+def _reapply_masks(topology: SparseTopology | None) -> None:
+    """After the weights were rewritten in place: 0 outside the masks (invariant 1),
+    frozen entries back to their frozen values."""
+    if topology is None:
+        return
+    topology.follow_model()
+    for layer in topology.layers:
+        layer.weight.mul_(layer.mask_f)
+        if layer.frozen_values is not None:
+            layer.weight.add_(layer.frozen_values)
+
+
 class DSTPlugin(SupervisedPlugin):
-    """Dynamic sparse training of the strategy's model across experiences.
+    """Dynamic sparse training of the strategy's model across experiences (a strategy
+    that replaces its model, such as GDumb, gets a new topology on the new model).
 
     Args:
         sparsity, updater, distribution: as :class:`SparseTopology`.
@@ -100,6 +148,9 @@ class DSTPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         model = strategy.model
+        if self.topology is not None and model is not self._model:
+            self.topology.detach()  # a new model (GDumb): set up again on it
+            self.topology = None
         if self.topology is None:
             self.topology = SparseTopology(
                 model, strategy.optimizer, sparsity=self.sparsity, updater=self.updater,
@@ -107,11 +158,12 @@ class DSTPlugin(SupervisedPlugin):
                 exclude_layers=head_layers(model), **self.topology_kwargs)
             self._model = model
             return
-        if model is not self._model:
-            raise ValueError("the strategy's model changed since DSTPlugin set up its masks")
         if self.restart_schedule:
             self.topology.restart(reset_updates=False)
         self.topology.attach(strategy.optimizer)
+
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        _reapply_masks(self.topology)
 
     def before_update(self, strategy, **kwargs) -> None:
         if self.topology is not None and strategy.optimizer is not self.topology.optimizer:
@@ -125,11 +177,15 @@ class DSTPlugin(SupervisedPlugin):
 class TaskMaskPlugin(SupervisedPlugin):
     """Per-task masks with DST inside each task (see :mod:`sparse_agents.task_masks`).
 
-    Each experience must carry one task label, new for training. Training experience
-    with task label ``t`` claims ``1 - sparsity`` of the weights (spread by
-    ``distribution``) among the free ones; evaluation selects the mask and per-task
-    state of the experience's (and each mini-batch's) task label; a label never trained
-    raises ``KeyError``, a mini-batch mixing task labels ``ValueError``.
+    Each experience must carry one task label, new for training: a stream whose
+    experiences share labels (class-incremental) is refused with ``ValueError`` at the
+    first experience. Training experience with task label ``t`` claims
+    ``1 - sparsity`` of the weights (spread by ``distribution``) among the free ones;
+    evaluation selects the mask and per-task state of the experience's (and each
+    mini-batch's) task label; a label never trained raises ``KeyError``. ``ValueError``
+    also for a mini-batch mixing task labels (replay in the batch, DER's appended
+    samples, ER-ACE/ER-AML's ``mb_buffer_tid``) and for a strategy that replaces its
+    model (GDumb).
 
     Args:
         sparsity, updater, distribution, transfer, n_tasks, overflow, seed: as
@@ -178,30 +234,53 @@ class TaskMaskPlugin(SupervisedPlugin):
         except (AttributeError, TypeError, ValueError):
             return None
 
+    def _check_model(self, strategy) -> None:
+        if self.task_masks is not None and strategy.model is not self.task_masks.model:
+            raise ValueError(
+                "TaskMaskPlugin: the strategy replaced its model (strategy.model is a new "
+                "object since the plugin set up, as GDumb does at every experience); the "
+                f"weights and masks of trained tasks {self.task_masks.task_ids} stay on the "
+                "old model: use a strategy that keeps its model (Naive, EWC, "
+                "SynapticIntelligence, MAS, LwF), or DSTPlugin")
+
     def before_training_exp(self, strategy, **kwargs) -> None:
         task = _task_label(strategy.experience)
         model = strategy.model
         if self.task_masks is None:
+            _check_task_incremental(strategy.experience)
             self.task_masks = TaskMasks(
                 model, self.sparsity, self.updater, self.distribution, self.transfer,
                 self.seed, n_tasks=self._n_tasks(strategy.experience), overflow=self.overflow,
                 dense_layers=head_layers(model) + self.dense_layers, **self.topology_kwargs)
-        elif model is not self.task_masks.model:
-            raise ValueError("the strategy's model changed since TaskMaskPlugin set up its masks")
+        self._check_model(strategy)
         if self.task_masks.training_task is not None:
             self.task_masks.end_task()
+        if task in self.task_masks.finished_tasks:
+            raise _shared_labels_error(f"task label {task} was trained already")
         self.task_masks.start_task(task, strategy.optimizer)
 
-    def before_training_iteration(self, strategy, **kwargs) -> None:
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        _reapply_masks(self.topology)
+
+    def _check_batch(self, strategy) -> None:
         tm = self.task_masks
         if tm is None or tm.training_task is None:
             return
-        ids = strategy.mb_task_id
+        ids = strategy.mb_task_id.reshape(-1)
+        replay = getattr(strategy, "mb_buffer_tid", None)  # ER_ACE, ER_AML: replay batch
+        if torch.is_tensor(replay):
+            ids = torch.cat([ids, replay.reshape(-1).to(ids.device)])
         if bool((ids != tm.training_task).any()):
             raise ValueError(
                 f"TaskMaskPlugin trains task {tm.training_task} but the mini-batch holds task "
                 f"labels {sorted(set(ids.tolist()))}: per-task masks train one task at a time "
                 "(replay of other tasks is not supported)")
+
+    def before_training_iteration(self, strategy, **kwargs) -> None:
+        self._check_batch(strategy)
+
+    def after_forward(self, strategy, **kwargs) -> None:
+        self._check_batch(strategy)  # again: DER appends replay samples to the mini-batch
 
     def before_update(self, strategy, **kwargs) -> None:
         topo = self.topology
@@ -214,6 +293,7 @@ class TaskMaskPlugin(SupervisedPlugin):
             self.task_masks.end_task()
 
     def before_eval_exp(self, strategy, **kwargs) -> None:
+        self._check_model(strategy)
         if self.task_masks is None:
             if self.unseen == "next":
                 return  # nothing trained yet: the dense initial model

@@ -46,10 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--distribution", choices=METHODS, default="erk")
     p.add_argument("--delta-t", type=int, default=None,
-                   help="optimizer steps between topology updates (default 100)")
-    p.add_argument("--drop-fraction", type=float, default=0.3)
-    p.add_argument("--t-end-fraction", type=float, default=0.75,
-                   help="updates stop after this fraction of the optimizer steps")
+                   help="optimizer steps between topology updates (default: the sparse "
+                   "policy's, see docs/rl.md)")
+    p.add_argument("--drop-fraction", type=float, default=None,
+                   help="fraction of active weights replaced per update (default: the "
+                   "policy's)")
+    p.add_argument("--t-end-fraction", type=float, default=None,
+                   help="updates stop after this fraction of the optimizer steps "
+                   "(default: the policy's)")
     p.add_argument("--condensed-rollout", action="store_true",
                    help="roll out with a condensed copy of the policy")
     p.add_argument("--fused-adam", action="store_true",
@@ -126,11 +130,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or f"runs/{args.algo}-{env_id}-{args.updater}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     overrides = parse_overrides(args.hp)
-    sparse_options: dict[str, Any] = {"t_end_fraction": args.t_end_fraction,
-                                      "drop_fraction": args.drop_fraction,
-                                      "condensed_rollout": args.condensed_rollout}
-    if args.delta_t is not None:
-        sparse_options["delta_t"] = args.delta_t
+    sparse_options: dict[str, Any] = {"condensed_rollout": args.condensed_rollout}
+    for key in ("delta_t", "drop_fraction", "t_end_fraction"):
+        if getattr(args, key) is not None:
+            sparse_options[key] = getattr(args, key)
     model, eval_env = make_agent(args.algo, env_id, args.updater, args.sparsity,
                                  args.distribution, args.seed, overrides, sparse_options,
                                  args.n_envs, args.device, args.verbose, args.fused_adam)

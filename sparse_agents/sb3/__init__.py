@@ -15,9 +15,11 @@ from sparse_agents.sb3.aliases import register_aliases, sparse_aliases
 from sparse_agents.sb3.callbacks import SparsityCallback
 from sparse_agents.sb3.extractors import MinAtarCNN
 from sparse_agents.sb3.mixin import (
+    FAMILY_DEFAULTS,
     SPARSE_DEFAULTS,
     SparsePolicyMixin,
     TopologyState,
+    defaults_for,
     make_sparse,
     short_layer_names,
 )
@@ -35,6 +37,7 @@ from sparse_agents.sb3.policies import (
     SparseTD3MultiInputPolicy,
     SparseTD3Policy,
 )
+from sparse_agents.sb3.pruned import continue_sparse
 from sparse_agents.sb3.rollout import CondensedRollout
 from sparse_agents.sb3.schedule import planned_optimizer_steps
 
@@ -46,6 +49,7 @@ sparse_policy = make_sparse
 register_aliases()
 
 __all__ = [
+    "FAMILY_DEFAULTS",
     "SPARSE_DEFAULTS",
     "CondensedRollout",
     "MinAtarCNN",
@@ -64,6 +68,8 @@ __all__ = [
     "SparseTD3Policy",
     "SparsityCallback",
     "TopologyState",
+    "continue_sparse",
+    "defaults_for",
     "make_sparse",
     "planned_optimizer_steps",
     "register_aliases",

@@ -40,12 +40,14 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from torch import nn
 
 from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.flops import flops
 from sparse_agents.sb3.schedule import planned_optimizer_steps
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
 from sparse_agents.topology import MASK_BUFFER, SparseTopology, find_maskable, match_layer
@@ -54,7 +56,9 @@ from sparse_agents.updaters import get_updater
 __all__ = ["SPARSE_DEFAULTS", "SparsePolicyMixin", "TopologyState", "make_sparse",
            "record_metrics", "short_layer_names"]
 
-#: the options a sparse policy takes through ``policy_kwargs``, with their defaults
+#: the options a sparse policy takes through ``policy_kwargs``, with their defaults (the
+#: algorithm family's RL schedule, ``FAMILY_DEFAULTS``, replaces delta_t, drop_fraction
+#: and t_end_fraction: see :func:`defaults_for`)
 SPARSE_DEFAULTS: dict[str, Any] = {
     "sparsity": 0.9,
     "updater": "srigl",
@@ -72,6 +76,23 @@ SPARSE_DEFAULTS: dict[str, Any] = {
     "log_sparsity": True,
     "topology_kwargs": None,
 }
+
+#: RL defaults per algorithm family, replacing the image-classification ones (update every
+#: 100 steps, drop 0.3). On-policy (PPO, A2C): measured in docs/rl.md ("RL defaults");
+#: off-policy (DQN, SAC, TD3): Graesser et al. 2022's configs (update every 1000
+#: training steps, drop fraction 0.5 cosine, updates stop at 80%).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "on_policy": {"delta_t": 1000, "drop_fraction": 0.1, "t_end_fraction": 0.8},
+    "off_policy": {"delta_t": 1000, "drop_fraction": 0.5, "t_end_fraction": 0.8},
+}
+
+
+def defaults_for(policy_class: type) -> dict[str, Any]:
+    """The sparse options' defaults for a policy class: :data:`SPARSE_DEFAULTS` with its
+    family's RL schedule (actor-critic policies are on-policy, the others off-policy)."""
+    family = "on_policy" if issubclass(policy_class, ActorCriticPolicy) else "off_policy"
+    return {**SPARSE_DEFAULTS, **FAMILY_DEFAULTS[family]}
+
 
 #: module names (last component) that are heads when they are a Linear ...
 _HEAD_LINEARS = ("action_net", "value_net", "mu", "log_std")
@@ -137,6 +158,33 @@ def _split_patterns(patterns, groups: list[list[str]], what: str) -> list[list]:
             raise ValueError(f"{what} pattern {pattern!r} matches no maskable layer; "
                              f"layers are {all_names}")
     return out
+
+
+def _split_named(extra: Mapping[str, Any], groups: list[list[str]]) -> list[dict | None]:
+    """Each topology's share of the topology_kwargs keyed by layer (``masks`` and
+    ``budgets`` dicts: parameter or module names); every key must name a layer some
+    optimizer trains. ``None``: a topology none of whose layers a ``masks`` dict names
+    (not built: its layers train dense)."""
+    owner: dict[str, int] = {}
+    for g, names in enumerate(groups):
+        for n in names:
+            owner[n] = owner[f"{n}.weight"] = g
+    shares: list[dict] = [{} for _ in groups]
+    for kw in ("masks", "budgets"):
+        given = extra.get(kw)
+        if not isinstance(given, Mapping):
+            continue
+        unknown = [k for k in given if k not in owner]
+        if unknown:
+            raise ValueError(f"topology_kwargs[{kw!r}] names {unknown}, which no optimizer "
+                             f"trains; layers are {[n for g in groups for n in g]}")
+        for g, share in enumerate(shares):
+            share[kw] = {k: v for k, v in given.items() if owner[k] == g}
+    if isinstance(extra.get("masks"), Mapping):
+        if not extra["masks"]:
+            raise ValueError("topology_kwargs['masks'] is empty")
+        return [s if s["masks"] else None for s in shares]
+    return list(shares)
 
 
 def short_layer_names(names: Iterable[str], limit: int = 20) -> dict[str, str]:
@@ -260,8 +308,9 @@ class SparseRuntime:
         else:
             gammas = [gamma] * len(groups)
         extra = dict(opts["topology_kwargs"] or {})
+        shares = _split_named(extra, names)
         for i, (key, opt) in enumerate(groups):
-            if not names[i]:
+            if not names[i] or shares[i] is None:
                 continue
             self.topologies[key] = SparseTopology(
                 policy, opt, sparsity=opts["sparsity"], updater=opts["updater"],
@@ -269,7 +318,7 @@ class SparseRuntime:
                 t_end=opts["t_end"], drop_fraction=opts["drop_fraction"],
                 schedule=opts["schedule"], gamma_sal=gammas[i], dense_layers=dense[i],
                 seed=opts["seed"] + i, output_layers=outputs[i],
-                grad_masking="backward", **extra)
+                grad_masking="backward", **{**extra, **shares[i]})
         self._build_targets(policy)
         self._short = self._short_names()
 
@@ -412,27 +461,7 @@ class SparseRuntime:
             if multi:
                 out["density"] = sum(d * n for d, n in totals) / sum(n for _, n in totals)
             if policy is not None:
-                # forward FLOPs per observation (sparse_agents.flops): one deterministic
-                # forward of a zero observation, past the condensed rollout copy
-                import numpy as np
-
-                from sparse_agents.flops import flops
-
-                def zeros(space):
-                    sub = getattr(space, "spaces", None)
-                    if isinstance(sub, Mapping):
-                        return {k: zeros(s) for k, s in sub.items()}
-                    return np.zeros(space.shape, dtype=space.dtype)
-
-                def plain_forward(p, x):
-                    base = super(SparsePolicyMixin, p) if isinstance(p, SparsePolicyMixin) \
-                        else p
-                    return base.forward(x, deterministic=True)
-
-                obs, _ = policy.obs_to_tensor(zeros(policy.observation_space))
-                report = flops(policy, inputs=obs, forward=plain_forward)
-                out["flops_forward"] = report.sparse
-                out["flops_dense_forward"] = report.dense
+                out.update(_forward_flops(policy))
             self._metrics_key, self._metrics = key, out
         out = dict(self._metrics)
         out.update(self._counters())
@@ -469,6 +498,30 @@ class SparseRuntime:
         else:
             record_metrics(logger, self.metrics())
             self._recorded_key = key
+
+
+def _zero_observation(space) -> Any:
+    sub = getattr(space, "spaces", None)
+    if isinstance(sub, Mapping):
+        return {k: _zero_observation(s) for k, s in sub.items()}
+    return np.zeros(space.shape, dtype=space.dtype)
+
+
+def _forward_flops(policy: nn.Module) -> dict[str, float]:
+    """Forward FLOPs per observation (:func:`sparse_agents.flops`): one deterministic
+    forward of a zero observation, past the condensed rollout copy; ``{}`` for a policy
+    whose ``forward`` takes other arguments."""
+
+    def plain_forward(p, x):
+        base = super(SparsePolicyMixin, p) if isinstance(p, SparsePolicyMixin) else p
+        return base.forward(x, deterministic=True)
+
+    obs, _ = policy.obs_to_tensor(_zero_observation(policy.observation_space))
+    try:
+        report = flops(policy, inputs=obs, forward=plain_forward)
+    except TypeError:  # e.g. a recurrent policy's forward(obs, states, starts)
+        return {}
+    return {"flops_forward": report.sparse, "flops_dense_forward": report.dense}
 
 
 def record_metrics(logger, metrics: Mapping[str, float]) -> None:
@@ -533,16 +586,17 @@ def calling_algorithm(policy: nn.Module, frame, depth: int = 4
 
 class SparsePolicyMixin:
     """Mix into an SB3 policy class (first base) to train it sparse. See the module
-    docstring; options (``policy_kwargs``) and defaults are ``SPARSE_DEFAULTS``:
+    docstring; options (``policy_kwargs``) and defaults are :func:`defaults_for` the
+    class (``SPARSE_DEFAULTS`` with the family's RL schedule, ``FAMILY_DEFAULTS``):
 
     Args:
         sparsity: global sparsity of the masked layers, in [0, 1).
         updater: ``"static"``, ``"set"``, ``"rigl"`` or ``"srigl"``.
         distribution: ``"erk"``, ``"er"`` or ``"uniform"`` layer-wise densities.
-        delta_t: optimizer steps between topology updates.
+        delta_t: optimizer steps between topology updates (1000).
         t_end: last optimizer step (exclusive) with updates; ``None``: derived from
             ``learn()``'s total timesteps as ``t_end_fraction`` of its optimizer steps.
-        t_end_fraction: see ``t_end`` (default 0.75).
+        t_end_fraction: see ``t_end`` (0.8).
         drop_fraction, schedule, gamma_sal: as in ``SparseTopology``.
         dense_layers: module names/regexes (or indices) of layers kept dense.
         output_layers: layers SRigL never ablates (default: the heads: action_net,
@@ -556,7 +610,7 @@ class SparsePolicyMixin:
     """
 
     def __init__(self, *args, **kwargs) -> None:
-        opts = {k: kwargs.pop(k, v) for k, v in SPARSE_DEFAULTS.items()}
+        opts = {k: kwargs.pop(k, v) for k, v in defaults_for(type(self)).items()}
         self._sparse_options = _check_options(opts)
         self._sparse: SparseRuntime | None = None
         super().__init__(*args, **kwargs)

@@ -39,7 +39,9 @@ def planned_optimizer_steps(algo: BaseAlgorithm, total_timesteps: int, key: str 
         per_rollout = int(algo.n_steps) * n_envs
         n_rollouts = math.ceil(total / per_rollout)
         batch_size = getattr(algo, "batch_size", None) or per_rollout
-        n_epochs = int(getattr(algo, "n_epochs", 1) or 1)
+        # TRPO has no n_epochs: its critic takes n_critic_updates passes
+        n_epochs = int(getattr(algo, "n_epochs", None) or getattr(algo, "n_critic_updates", 1)
+                       or 1)
         return n_rollouts * n_epochs * math.ceil(per_rollout / int(batch_size))
     if isinstance(algo, OffPolicyAlgorithm):
         train_freq = algo.train_freq

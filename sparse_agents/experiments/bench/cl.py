@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -31,9 +33,11 @@ Streams split-digits (task-incremental) and permuted-digits, 5 tasks, 2 epochs p
   Naive+SRigL     Naive + DSTPlugin (DST over the whole stream)
   PackNet         Naive + Avalanche's PackNetPlugin (each task keeps 1 - sparsity)
   Naive dense, EWC dense (lambda 100): no sparsity
-Prints mean +- std over seeds of average accuracy, forgetting and BWT, and the largest
-|forgetting| of the task-mask runs (which must be exactly 0). With --out, writes
-results.json and table.md there; re-running reruns every run and overwrites them."""
+Prints mean +- std over seeds of average accuracy, forgetting and BWT, the forward
+FLOPs per sample of the trained model on the last task (sparse_agents.flops) and their
+ratio to the dense model's, and the largest |forgetting| of the task-mask runs (which
+must be exactly 0). With --out, writes results.json and table.md there; re-running
+reruns every run and overwrites them."""
 
 EPILOG = """\
 examples:
@@ -56,14 +60,86 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class ModelProbe:
+    """A ``progress`` callback for :func:`run_experiment` that keeps a reference to the
+    model it trains, to count the trained model's FLOPs afterwards.
+
+    ``run_experiment`` returns no model; its progress callback is called once per
+    training step from the Avalanche plugin callback (whose ``strategy`` argument holds
+    the model) or from the torch engine's loop (local ``model``). The probe looks there
+    once, at the first call, and reads the training task's label whenever the progress
+    text (``task i/T``) changes; :meth:`flops` is NaN when it found nothing.
+    """
+
+    def __init__(self) -> None:
+        self.strategy = None
+        self.model = None
+        self.input_shape: tuple[int, ...] | None = None
+        self.label = 0  # task label of the last task trained (Avalanche engine)
+        self.seen = False
+        self.text = None
+
+    def __call__(self, done: int, total: int, text: str) -> None:
+        if self.seen:
+            if self.strategy is not None and text != self.text:
+                self.text = text
+                self.label = int(self.strategy.mb_task_id[-1])
+            return
+        self.seen = True
+        from torch import Tensor, nn
+
+        caller = sys._getframe(1).f_locals
+        strategy = caller.get("strategy")
+        if isinstance(getattr(strategy, "model", None), nn.Module) and \
+                isinstance(getattr(strategy, "mb_x", None), Tensor):
+            self.strategy, self.input_shape = strategy, tuple(strategy.mb_x.shape[1:])
+            self.text, self.label = text, int(strategy.mb_task_id[-1])
+        elif isinstance(caller.get("model"), nn.Module) and \
+                isinstance(caller.get("x"), Tensor):
+            self.model, self.input_shape = caller["model"], tuple(caller["x"].shape[1:])
+
+    def flops(self) -> tuple[float, float]:
+        """(sparse forward FLOPs per sample, ratio to dense) of the trained model on
+        the stream's last task (NaN, NaN when no model was found)."""
+        import torch
+
+        from sparse_agents.flops import flops
+
+        if self.strategy is not None:
+            from avalanche.models.utils import avalanche_forward
+
+            label = self.label
+            model = self.strategy.model
+
+            def forward(m, x):
+                task = torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
+                return avalanche_forward(m, x, task)
+        elif self.model is not None:
+            model = self.model
+            heads = getattr(model, "heads", None)
+            last = None if heads is None else int(list(heads)[-1])
+
+            def forward(m, x):
+                return m(x) if last is None else m(x, last)
+        else:
+            return math.nan, math.nan
+        report = flops(model, self.input_shape, forward=forward)
+        return float(report.sparse), report.ratio
+
+
 def run_cell(stream: str, name: str, sparsity: float | None, args) -> dict:
     """One (stream, method, sparsity) cell over every seed: its summary row."""
     from continual.experiment import run_experiment
 
     spec = dict(METHODS[name])
     sparse = spec.pop("sparse")
-    runs = [run_experiment(stream, sparsity=sparsity if sparse else 0.0, epochs=args.epochs,
-                           seed=seed, engine=args.engine, **spec) for seed in args.seeds]
+    runs, counts = [], []
+    for seed in args.seeds:
+        probe = ModelProbe()
+        runs.append(run_experiment(stream, sparsity=sparsity if sparse else 0.0,
+                                   epochs=args.epochs, seed=seed, engine=args.engine,
+                                   progress=probe, **spec))
+        counts.append(probe.flops())
     acc = np.array([r["avg_accuracy"] for r in runs])
     fgt = np.array([r["forgetting"] for r in runs])
     bwt = np.array([r["bwt"] for r in runs])
@@ -72,11 +148,13 @@ def run_cell(stream: str, name: str, sparsity: float | None, args) -> dict:
            "forgetting": float(fgt.mean()), "forgetting_std": float(fgt.std()),
            "max_abs_forgetting": float(np.abs(fgt).max()), "bwt": float(bwt.mean()),
            "seconds_per_run": float(np.mean([r["wall_time"] for r in runs])),
-           "seeds": list(args.seeds)}
+           "seeds": list(args.seeds),
+           "flops_forward": float(np.mean([c[0] for c in counts])),
+           "flops_ratio": float(np.mean([c[1] for c in counts]))}
     print(f"{stream:16s} {name:15s} s={'-' if not sparse else sparsity:<5} "
           f"acc {row['avg_accuracy']:.3f}+-{row['avg_accuracy_std']:.3f} "
-          f"forgetting {row['forgetting']:+.4f} ({row['seconds_per_run']:.1f}s/run)",
-          flush=True)
+          f"forgetting {row['forgetting']:+.4f} ({row['seconds_per_run']:.1f}s/run) "
+          f"FLOPs {row['flops_forward']:,.0f} (x{row['flops_ratio']:.3f})", flush=True)
     return row
 
 
@@ -93,15 +171,27 @@ def run_all(args) -> list[dict]:
 
 def render(rows: list[dict]) -> str:
     """Markdown table of the benchmark rows."""
-    lines = ["| stream | method | sparsity | avg accuracy | forgetting | BWT | s/run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| stream | method | sparsity | avg accuracy | forgetting | BWT | s/run | "
+             "FLOPs/sample (× dense) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = "dense" if r["sparsity"] is None else f"{r['sparsity']:.2f}"
         lines.append(
             f"| {r['stream']} | {r['method']} | {s} | {r['avg_accuracy']:.3f} ± "
             f"{r['avg_accuracy_std']:.3f} | {r['forgetting']:.4f} ± {r['forgetting_std']:.4f} "
-            f"| {r['bwt']:+.4f} | {r['seconds_per_run']:.1f} |")
+            f"| {r['bwt']:+.4f} | {r['seconds_per_run']:.1f} | {_flops_cell(r)} |")
+    lines.append("")
+    lines.append("`FLOPs/sample`: forward FLOPs of the trained model on the last task "
+                 "(sparse_agents.flops: active weights only, ablated neurons folded), mean "
+                 "over seeds, and its ratio to the same model dense.")
     return "\n".join(lines)
+
+
+def _flops_cell(row: dict) -> str:
+    value, ratio = row.get("flops_forward", math.nan), row.get("flops_ratio", math.nan)
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:,.0f} ({ratio:.3f})"
 
 
 def report(rows: list[dict], start: float, out: str | None) -> None:

@@ -37,7 +37,8 @@ episodes) --evals times; the final evaluation is the score.
 Writes under --out: runs/<task>-<updater>-s<seed>/ (model, evaluations.csv,
 summary.json), results.csv (one row per run), summary.csv and summary.md (mean +- std
 over seeds of the final return, training wall time without evaluation, and its ratio
-to dense), curves.png. Re-running retrains every run and overwrites; with --resume,
+to dense; forward FLOPs per observation of the trained policy and their ratio to
+dense), curves.png. Re-running retrains every run and overwrites; with --resume,
 re-running resumes: finished runs are skipped (--report only rebuilds the tables).
 --overhead writes overhead[_fused].csv/.md and --rollout rollout.md (overwritten)."""
 
@@ -91,7 +92,11 @@ def run_one(job: dict) -> dict:
     out = Path(job["out"])
     done = out / "summary.json"
     if job.get("resume") and done.exists():
-        return json.loads(done.read_text())
+        summary = json.loads(done.read_text())
+        if "flops_forward" not in summary and (out / "model.zip").exists():
+            summary.update(saved_flops(out / "model.zip", job["algo"]))  # older runs
+            done.write_text(json.dumps(summary, indent=2))
+        return summary
     if job.get("report"):
         raise FileNotFoundError(f"--report: no finished run in {out}")
     argv = ["--algo", job["algo"], "--env", job["env"], "--updater", job["updater"],
@@ -107,8 +112,40 @@ def run_one(job: dict) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         summary = run(args)
     summary["task"] = job["task"]
+    summary.update(saved_flops(out / "model.zip", job["algo"]))
     done.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def policy_flops(policy) -> tuple[float, float]:
+    """(sparse, dense) forward FLOPs per observation of an SB3 policy: a sparse
+    policy's ``sparse/flops_forward`` metrics, or one deterministic forward of a zero
+    observation of a dense policy (counted fully)."""
+    if hasattr(policy, "sparse_metrics"):
+        metrics = policy.sparse_metrics()
+        return float(metrics["flops_forward"]), float(metrics["flops_dense_forward"])
+    import numpy as np
+
+    from sparse_agents.flops import flops
+
+    def zeros(space):
+        sub = getattr(space, "spaces", None)
+        if isinstance(sub, dict):
+            return {k: zeros(v) for k, v in sub.items()}
+        return np.zeros(space.shape, dtype=space.dtype)
+
+    obs, _ = policy.obs_to_tensor(zeros(policy.observation_space))
+    report = flops(policy, inputs=obs, forward=lambda p, x: p(x, deterministic=True))
+    return float(report.sparse), float(report.dense)
+
+
+def saved_flops(path: Path, algo: str) -> dict:
+    """``flops_forward`` and ``flops_ratio`` (to dense) of the agent saved at ``path``."""
+    import stable_baselines3 as sb3
+
+    model = getattr(sb3, algo.upper()).load(path, device="cpu")
+    sparse, dense = policy_flops(model.policy)
+    return {"flops_forward": sparse, "flops_ratio": sparse / dense if dense else math.nan}
 
 
 def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
@@ -300,6 +337,9 @@ def summarise(rows: list[dict], updaters: list[str]) -> list[dict]:
                 "time_vs_dense": t / dense_t if dense and dense_t else math.nan,
                 "density": _mean_std([r["density"] for r in runs])[0],
                 "updates": _mean_std([r["updates"] for r in runs])[0],
+                "flops_forward": _mean_std([r.get("flops_forward", math.nan)
+                                            for r in runs])[0],
+                "flops_ratio": _mean_std([r.get("flops_ratio", math.nan) for r in runs])[0],
             })
     return out
 
@@ -307,21 +347,27 @@ def summarise(rows: list[dict], updaters: list[str]) -> list[dict]:
 def markdown(summary: list[dict], sparsity: float) -> str:
     lines = [
         "| task | updater | final return (mean ± std) | Δ vs dense | best eval | "
-        "train time s | time vs dense | density | updates |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "train time s | time vs dense | density | updates | FLOPs/obs (× dense) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
+        flops = s.get("flops_forward", math.nan)
+        flops_cell = (f"{flops:,.0f} ({s['flops_ratio']:.3f})" if math.isfinite(flops)
+                      else "–")
         lines.append(
             f"| {s['task']} | {s['updater']} | {s['final_return']:.1f} ± "
             f"{s['final_return_std']:.1f} | {s['vs_dense']:+.0%} | {s['best_return']:.1f} | "
             f"{s['train_s']:.1f} ± {s['train_s_std']:.1f} | {s['time_vs_dense']:.3f} | "
-            f"{s['density']:.3f} | {s['updates']:.0f} |")
+            f"{s['density']:.3f} | {s['updates']:.0f} | {flops_cell} |")
     lines.append("")
     lines.append(f"Sparse rows at {sparsity:.0%} sparsity (ERK). `final return`: deterministic "
                  "evaluation at the end of training, mean ± std over seeds; `Δ vs dense`: "
                  "(sparse − dense) / |dense| of those means (negative: worse); `best eval`: "
                  "mean over seeds of each run's best evaluation; `train time`: "
-                 "wall time of `learn()` minus evaluation.")
+                 "wall time of `learn()` minus evaluation; `FLOPs/obs`: forward FLOPs per "
+                 "observation of the trained policy (`sparse_agents.flops`: active weights "
+                 "only, ablated neurons folded; SAC/TD3: the actor), and its ratio to the "
+                 "same policy dense.")
     return "\n".join(lines) + "\n"
 
 
@@ -374,7 +420,7 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) ->
 
 RESULT_FIELDS = ["task", "algo", "env", "updater", "sparsity", "seed", "timesteps",
                  "final_mean", "final_std", "best_mean", "train_s", "eval_s", "wall_s",
-                 "density", "updates", "itop"]
+                 "density", "updates", "itop", "flops_forward", "flops_ratio"]
 
 
 def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: float) -> str:

@@ -1,0 +1,18 @@
+"""A small multi-head Avalanche model shared by the Avalanche tests."""
+
+import torch
+from avalanche.models import MultiHeadClassifier, MultiTaskModule
+from torch import nn
+
+
+class Net(MultiTaskModule):
+    """64 -> 32 -> 32 backbone and one 2-class head per task label."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.classifier = MultiHeadClassifier(32, 2, masking=False)
+
+    def forward_single_task(self, x, task_label):
+        return self.classifier(self.backbone(x), task_label)
