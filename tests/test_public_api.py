@@ -1,4 +1,5 @@
-"""The public API of DESIGN.md section 6b, called exactly as written there (a contract)."""
+"""The public API contract (sparse_agents, sparse_agents.sb3, continual), called exactly
+as documented."""
 
 from __future__ import annotations
 

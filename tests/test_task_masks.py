@@ -1,4 +1,5 @@
-"""TaskMasks (framework-free per-task ownership): DESIGN invariant 5 and its book-keeping."""
+"""TaskMasks (framework-free per-task ownership): invariant 5 of docs/architecture.md
+and its book-keeping."""
 
 import io
 
