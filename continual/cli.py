@@ -17,9 +17,11 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from continual.backbones import BACKBONES
 from continual.experiment import ENGINES, OPTIMIZERS, STRATEGIES, run_experiment
 from continual.streams import STREAMS
 from sparse_agents.distributions import METHODS
+from sparse_agents.schedules import SCHEDULES
 from sparse_agents.updaters import updater_names
 
 __all__ = ["build_parser", "main"]
@@ -52,10 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="avalanche", choices=ENGINES)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256, help="mlp/cnn hidden width")
+    p.add_argument("--backbone", default=None, choices=tuple(BACKBONES),
+                   help="feature extractor (default: mlp for flat inputs, cnn for images)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channel multiplier of mobilenetv2 / slimresnet18")
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--delta-t", type=int, default=None, help="steps between DST updates")
+    p.add_argument("--drop-fraction", type=float, default=None,
+                   help="DST prune fraction at the first update (default 0.3)")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="decay of the prune fraction over updates")
     p.add_argument("--ewc-lambda", type=float, default=100.0)
     p.add_argument("--mem-size", type=int, default=200, help="replay buffer size")
     p.add_argument("--data-root", default=None,
@@ -88,8 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               overflow=args.overflow,
               ewc_lambda=args.ewc_lambda, mem_size=args.mem_size, data_root=args.data_root,
               max_train_per_task=args.max_train_per_task)
-    if args.delta_t is not None:
-        kw["delta_t"] = args.delta_t
+    if args.backbone is not None:
+        kw.update(backbone=args.backbone, width=args.width)
+    for key in ("delta_t", "drop_fraction", "schedule"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
     run_args = dict(stream=args.stream, strategy=args.strategy, updater=args.updater,
                     sparsity=args.sparsity, distribution=args.distribution,
                     task_masks=args.task_masks, epochs=args.epochs, seed=args.seed,
@@ -116,8 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, row in enumerate(result["accuracy_matrix"]):
         table.add_row(str(i), *["" if v is None else f"{v:.3f}" for v in row])
     console.print(table)
-    console.print(json.dumps({k: round(result[k], 4) for k in
-                              ("avg_accuracy", "forgetting", "bwt", "wall_time")}))
+    console.print(json.dumps({k: None if result.get(k) is None else round(result[k], 4)
+                              for k in ("avg_accuracy", "forgetting", "bwt", "fwt",
+                                        "wall_time")}))
     if args.out:
         console.print(f"wrote accuracy_matrix.csv, summary.json, heatmap.png to {args.out}")
     return 0

@@ -2,11 +2,14 @@
 
 :func:`run_experiment` trains a model task after task and evaluates every seen task
 after each one (the accuracy matrix), then reports average accuracy, forgetting and
-BWT (:mod:`continual.metrics`).
+BWT (:mod:`continual.metrics`). Before training, the freshly built (dense, randomly
+initialised) model is evaluated on every task (``fwt_baseline``); the torch engine also
+evaluates each task just before training it, which gives forward transfer (``fwt``).
 
-Models: an MLP ``in-256-256`` backbone (a small CNN for CIFAR) with one dense head per
-task label on task-incremental streams (Avalanche ``MultiHeadClassifier``), one shared
-head on class-incremental ones. Heads are never masked (see :mod:`sparse_agents.avalanche.plugins`).
+Models: a backbone from :mod:`continual.backbones` (``backbone=``; default an MLP
+``in-256-256``, a small CNN for CIFAR) with one dense head per task label on
+task-incremental streams (Avalanche ``MultiHeadClassifier``), one shared head on
+class-incremental ones. Heads are never masked (see :mod:`sparse_agents.avalanche.plugins`).
 
 Engines (``engine=`` keyword):
 
@@ -39,7 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from continual.metrics import accuracy_matrix_from_avalanche, summarize
+from continual import backbones
+from continual.metrics import accuracy_matrix_from_avalanche, fwt, summarize
 from continual.streams import StreamData, TaskData, load_stream
 from sparse_agents.distributions import METHODS, check_sparsity
 from sparse_agents.experiments.results import write_matrix_outputs
@@ -60,19 +64,20 @@ Progress = Callable[[int, int, str], None]
 
 
 # ---------------------------------------------------------------------- models
-def build_backbone(input_shape: tuple[int, ...], hidden: int = 256) -> nn.Sequential:
-    """``in-hidden-hidden`` ReLU MLP for flat inputs, a 2-conv CNN for images."""
-    if len(input_shape) == 1:
-        return nn.Sequential(nn.Linear(input_shape[0], hidden), nn.ReLU(),
-                             nn.Linear(hidden, hidden), nn.ReLU())
-    if len(input_shape) == 3:
-        c, h, w = input_shape
-        return nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(64 * (h // 4) * (w // 4), hidden), nn.ReLU())
-    raise ValueError(f"input_shape must be (features,) or (channels, height, width), "
-                     f"got {input_shape}")
+def build_backbone(input_shape: tuple[int, ...], hidden: int = 256) -> nn.Module:
+    """``in-hidden-hidden`` ReLU MLP for flat inputs, a 2-conv CNN for images (the
+    default of :func:`continual.backbones.build_backbone`)."""
+    return backbones.build_backbone(None, input_shape, hidden=hidden)[0]
+
+
+def build_model(data: StreamData, backbone: str | None, hidden: int,
+                width: float) -> nn.Module:
+    """Backbone plus heads: one per task label (task-incremental) or one shared."""
+    body, features = backbones.build_backbone(backbone, data.input_shape, hidden=hidden,
+                                              width=width)
+    if data.task_incremental:
+        return MultiHeadNet(body, features, {t.task_label: t.n_classes for t in data.tasks})
+    return SingleHeadNet(body, features, data.n_classes)
 
 
 class MultiHeadNet(nn.Module):
@@ -184,16 +189,14 @@ def _accuracy(model: nn.Module, task: TaskData, multi_head: bool, batch: int = 2
 
 def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution: str,
                task_masks: bool, epochs: int, seed: int, batch_size: int, hidden: int,
-               opt_args: dict, dst: dict, transfer: bool, overflow: str,
-               progress: Progress | None) -> tuple[np.ndarray, dict]:
+               backbone: str | None, width: float, opt_args: dict, dst: dict,
+               transfer: bool, overflow: str,
+               progress: Progress | None) -> tuple[np.ndarray, dict, np.ndarray]:
+    """``R``, mask metrics and ``nxt``: ``nxt[j]`` the accuracy on task ``j`` just before
+    training it (after task ``j - 1``; NaN for ``j = 0``)."""
     torch.manual_seed(seed)
-    backbone = build_backbone(data.input_shape, hidden)
+    model = build_model(data, backbone, hidden, width)
     multi = data.task_incremental
-    if multi:
-        model: nn.Module = MultiHeadNet(backbone, hidden,
-                                        {t.task_label: t.n_classes for t in data.tasks})
-    else:
-        model = SingleHeadNet(backbone, hidden, data.n_classes)
     dense_heads = [HEADS] if multi else [r"head"]
     tm: TaskMasks | None = None
     topo: SparseTopology | None = None
@@ -209,6 +212,7 @@ def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution:
     gen = torch.Generator().manual_seed(seed)
     T = data.n_tasks
     R = np.full((T, T), np.nan)
+    nxt = np.full(T, np.nan)
     total = sum(epochs * math.ceil(len(t.y_train) / batch_size) for t in data.tasks)
     done = 0
     for i, task in enumerate(data.tasks):
@@ -241,7 +245,25 @@ def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution:
                     R[i, j] = _accuracy(model, other, multi)
             else:
                 R[i, j] = _accuracy(model, other, multi)
-    return R, _mask_metrics(tm if tm is not None else topo)
+        if i + 1 < T:
+            following = data.tasks[i + 1]
+            if tm is not None:
+                with tm.use_task(following.task_label, allow_unseen=True):
+                    nxt[i + 1] = _accuracy(model, following, multi)
+            else:
+                nxt[i + 1] = _accuracy(model, following, multi)
+    return R, _mask_metrics(tm if tm is not None else topo), nxt
+
+
+@torch.no_grad()
+def random_init_accuracies(data: StreamData, backbone: str | None, hidden: int, width: float,
+                           seed: int) -> list[float]:
+    """FWT's baseline: accuracy on every task of the model built under ``seed``, dense and
+    untrained (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(data, backbone, hidden, width).eval()
+        return [_accuracy(model, t, data.task_incremental) for t in data.tasks]
 
 
 # ---------------------------------------------------------------------- avalanche engine
@@ -258,7 +280,8 @@ def _packnet_proportions(sparsity: float, n_tasks: int) -> list[float]:
 
 def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: float,
                    distribution: str, task_masks: bool, epochs: int, seed: int,
-                   batch_size: int, hidden: int, opt_args: dict, dst: dict, transfer: bool,
+                   batch_size: int, hidden: int, backbone: str | None, width: float,
+                   opt_args: dict, dst: dict, transfer: bool,
                    overflow: str, progress: Progress | None,
                    kw: dict) -> tuple[np.ndarray, dict, dict]:
     with warnings.catch_warnings():
@@ -279,7 +302,7 @@ def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: f
         def __init__(self, backbone: nn.Module) -> None:
             super().__init__()
             self.backbone = backbone
-            self.classifier = MultiHeadClassifier(hidden, data.tasks[0].n_classes,
+            self.classifier = MultiHeadClassifier(features, data.tasks[0].n_classes,
                                                   masking=False)
 
         def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
@@ -297,17 +320,18 @@ def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: f
 
     RNGManager.set_random_seeds(seed)
     bm = to_benchmark(data)
-    backbone = build_backbone(data.input_shape, hidden)
+    body, features = backbones.build_backbone(backbone, data.input_shape, hidden=hidden,
+                                              width=width)
     plugins: list = []
     if strategy == "packnet":
-        model: nn.Module = PackNetModel(SingleHeadNet(backbone, hidden, data.n_classes))
+        model: nn.Module = PackNetModel(SingleHeadNet(body, features, data.n_classes))
         plugins.append(PackNetPlugin(post_prune_epochs=max(1, epochs // 2),
                                      prune_proportion=_packnet_proportions(sparsity,
                                                                            data.n_tasks)))
     elif data.task_incremental:
-        model = AvalancheMultiHead(backbone)
+        model = AvalancheMultiHead(body)
     else:
-        model = SingleHeadNet(backbone, hidden, data.n_classes)
+        model = SingleHeadNet(body, features, data.n_classes)
     opt = _optimizer(model.parameters(), **opt_args)
     sparse_plugin = None
     if strategy != "packnet" and updater != DENSE:
@@ -388,15 +412,22 @@ def run_experiment(
         n_tasks: tasks in the stream (default per stream, e.g. 5).
         out: folder for ``accuracy_matrix.csv``, ``summary.json`` and ``heatmap.png``.
         kw: ``engine`` (auto/torch/avalanche), ``lr`` (1e-3), ``batch_size`` (32),
-            ``hidden`` (256), ``optimizer`` (adam/adamw/sgd), ``weight_decay`` (0),
+            ``backbone`` (a :data:`continual.backbones.BACKBONES` name; default ``mlp``
+            for flat inputs, ``cnn`` for images), ``width`` (1.0, the channel multiplier
+            of ``mobilenetv2``/``slimresnet18``), ``hidden`` (256), ``optimizer``
+            (adam/adamw/sgd), ``weight_decay`` (0),
             ``momentum`` (0.9, sgd), ``transfer`` (True), ``overflow`` ("raise" or
-            "shrink", task masks), ``delta_t``, ``t_end``,
-            ``drop_fraction``, ``gamma_sal``, ``ewc_lambda`` (100), ``mem_size`` (200),
+            "shrink", task masks), ``delta_t``, ``t_end``, ``drop_fraction`` (the
+            prune fraction), ``schedule`` (its decay, e.g. ``"cosine"``), ``gamma_sal``,
+            ``ewc_lambda`` (100), ``mem_size`` (200),
             ``data_root``, ``max_train_per_task``, ``shuffle_classes``, ``progress``
             (a callable ``(done, total, text)``).
 
     Returns:
-        ``avg_accuracy``, ``forgetting``, ``bwt``, ``accuracy_matrix`` (rows: after
+        ``avg_accuracy``, ``forgetting``, ``bwt``, ``fwt`` (torch engine; None on
+        Avalanche's), ``fwt_baseline`` (the untrained model's accuracy per task),
+        ``next_task_accuracies`` (accuracy on task j just before training it; None
+        for task 0 and on Avalanche's engine), ``accuracy_matrix`` (rows: after
         training task i; columns: task j; None where not evaluated), ``masks``
         (topology metrics, ``{}`` when dense), the configuration and ``wall_time``.
     """
@@ -409,6 +440,11 @@ def run_experiment(
     hidden = int(kw.pop("hidden", 256))
     transfer = kw.pop("transfer", True)
     overflow = kw.pop("overflow", "raise")
+    backbone = kw.pop("backbone", None)
+    width = float(kw.pop("width", 1.0))
+    if backbone is not None and backbone not in backbones.BACKBONES:
+        raise ValueError(f"backbone must be one of {tuple(backbones.BACKBONES)}, "
+                         f"got {backbone!r}")
     if batch_size < 1 or hidden < 1:
         raise ValueError(f"batch_size and hidden must be >= 1, got {batch_size}, {hidden}")
     opt_args = {"name": kw.pop("optimizer", "adam"), "lr": float(kw.pop("lr", 1e-3)),
@@ -435,15 +471,25 @@ def run_experiment(
                          "use engine='avalanche'")
     common = dict(updater=updater, sparsity=sparsity, distribution=distribution,
                   task_masks=task_masks, epochs=int(epochs), seed=int(seed),
-                  batch_size=batch_size, hidden=hidden, opt_args=opt_args, dst=dst,
-                  transfer=transfer, overflow=overflow, progress=progress)
+                  batch_size=batch_size, hidden=hidden, backbone=backbone, width=width,
+                  opt_args=opt_args, dst=dst, transfer=transfer, overflow=overflow,
+                  progress=progress)
+    baseline = random_init_accuracies(data, backbone, hidden, width, int(seed))
     extra: dict = {}
+    nxt = np.full(data.n_tasks, np.nan)
     if engine == "torch":
-        R, masks = _run_torch(data, **common)
+        R, masks, nxt = _run_torch(data, **common)
     else:
         R, masks, extra = _run_avalanche(data, strategy=strategy, kw=strategy_args, **common)
+    forward = None
+    if engine == "torch":
+        ahead = R.copy()
+        for j in range(1, data.n_tasks):
+            ahead[j - 1, j] = nxt[j]
+        forward = fwt(ahead, baseline)
     result = {
-        **summarize(R),
+        **summarize(R), "fwt": forward, "fwt_baseline": baseline,
+        "next_task_accuracies": [None if np.isnan(v) else float(v) for v in nxt],
         "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in R],
         "final_accuracies": [float(v) for v in R[-1]],
         "masks": masks,
@@ -451,7 +497,9 @@ def run_experiment(
         "updater": "packnet" if strategy == "packnet" else updater,
         "sparsity": sparsity, "distribution": distribution, "task_masks": task_masks,
         "transfer": bool(transfer), "overflow": overflow, "epochs": int(epochs), "seed": int(seed),
-        "n_tasks": data.n_tasks, "engine": engine, **dst, **extra,
+        "n_tasks": data.n_tasks, "engine": engine,
+        "backbone": backbone or backbones.default_backbone(data.input_shape),
+        "width": width, **dst, **extra,
         "wall_time": time.perf_counter() - start,
     }
     if out is not None:

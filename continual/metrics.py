@@ -5,9 +5,12 @@ evaluated, e.g. tasks not seen yet). With ``T`` trained tasks (rows):
 
 * average accuracy: ``mean_j R[T-1, j]`` over the tasks seen (``j < T``);
 * forgetting (Chaudhry et al. 2018): ``mean_{j<T-1} max_{i in [j, T-2]} R[i, j] - R[T-1, j]``;
-* BWT (Lopez-Paz & Ranzato 2017): ``mean_{j<T-1} R[T-1, j] - R[j, j]``.
+* BWT (Lopez-Paz & Ranzato 2017): ``mean_{j<T-1} R[T-1, j] - R[j, j]``;
+* FWT (Lopez-Paz & Ranzato 2017): ``mean_{1<=j<T} R[j-1, j] - b_j``, with ``b_j`` the
+  accuracy on task ``j`` of the randomly initialised model (needs ``R[j-1, j]``, the
+  accuracy on the next task before training it).
 
-With one task, forgetting and BWT are 0.
+With one task, forgetting, BWT and FWT are 0.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "average_accuracy",
     "bwt",
     "forgetting",
+    "fwt",
     "summarize",
 ]
 
@@ -64,9 +68,31 @@ def bwt(R) -> float:
     return float(np.mean([m[t - 1, j] - m[j, j] for j in range(t - 1)]))
 
 
-def summarize(R) -> dict[str, float]:
-    """``{"avg_accuracy", "forgetting", "bwt"}`` of an accuracy matrix."""
-    return {"avg_accuracy": average_accuracy(R), "forgetting": forgetting(R), "bwt": bwt(R)}
+def fwt(R, baseline) -> float:
+    """Forward transfer: accuracy on each later task just before training it, minus a
+    randomly initialised model's accuracy ``baseline[j]`` on it, averaged over tasks."""
+    m = _matrix(R)
+    b = np.asarray(baseline, dtype=float)
+    t = m.shape[0]
+    if b.ndim != 1 or len(b) < t:
+        raise ValueError(f"baseline must be a vector with one accuracy per task (>= {t}), "
+                         f"got shape {b.shape}")
+    if t < 2:
+        return 0.0
+    gains = [m[j - 1, j] - b[j] for j in range(1, t)]
+    if np.isnan(gains).any():
+        raise ValueError("fwt needs R[j-1, j] (each task evaluated just before training it) "
+                         "and a baseline accuracy for every task j >= 1")
+    return float(np.mean(gains))
+
+
+def summarize(R, baseline=None) -> dict[str, float]:
+    """``{"avg_accuracy", "forgetting", "bwt"}`` of an accuracy matrix, plus ``"fwt"``
+    when the random-initialisation ``baseline`` accuracies are given."""
+    out = {"avg_accuracy": average_accuracy(R), "forgetting": forgetting(R), "bwt": bwt(R)}
+    if baseline is not None:
+        out["fwt"] = fwt(R, baseline)
+    return out
 
 
 def accuracy_matrix_from_avalanche(results: Sequence[Mapping[str, float]],

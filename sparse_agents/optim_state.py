@@ -59,3 +59,20 @@ def reset_state(optimizer: torch.optim.Optimizer | None, param: Tensor, keep: Te
             value.mul_(keep.to(value.dtype))
         else:
             value.masked_fill_(~keep.to(torch.bool), fill)
+
+
+#: optimizers with a first moment (momentum) and how to read its coefficient
+def first_moment_rule(optimizer: torch.optim.Optimizer, param: Tensor) -> tuple[float, float]:
+    """``(decay, scale)`` of the optimizer's first moment of ``param``'s gradient,
+    ``m <- decay * m + scale * g``: SGD ``(momentum, 1 - dampening)``, Adam-style
+    ``(beta1, 1 - beta1)``. ``ValueError`` for an optimizer that keeps none."""
+    group = _group_of(optimizer, param)
+    if isinstance(optimizer, torch.optim.SGD) and float(group.get("momentum", 0.0)) > 0:
+        return float(group["momentum"]), 1.0 - float(group.get("dampening", 0.0))
+    betas = group.get("betas")
+    if betas is not None:
+        return float(betas[0]), 1.0 - float(betas[0])
+    raise ValueError(
+        f"optimizer {type(optimizer).__name__} keeps no first moment: updater 'momentum' "
+        "grows where it is largest; use SGD with momentum > 0 or an Adam-style optimizer "
+        "(Adam, AdamW, NAdam, RAdam, Adamax)")

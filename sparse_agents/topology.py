@@ -23,7 +23,7 @@ from sparse_agents.distributions import (
     layer_densities,
 )
 from sparse_agents.forward_order import ForwardOrder
-from sparse_agents.optim_state import MASK_PRESERVING, reset_state
+from sparse_agents.optim_state import MASK_PRESERVING, first_moment_rule, reset_state
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
 from sparse_agents.updaters import get_updater, initial_mask
 
@@ -301,6 +301,8 @@ class SparseTopology:
         self.n_updates = 0
         self.keep_dense_grads = False
         self._dense_grads: dict[str, Tensor] = {}
+        #: first moment of each layer's dense gradient (updaters with ``needs_momentum``)
+        self._moments: dict[str, Tensor] = {}
         #: (id, version) of each layer's .grad after the backward that kept a dense gradient
         self._grad_seen: dict[str, tuple[int, int]] = {}
         self._handles: list = []
@@ -461,6 +463,10 @@ class SparseTopology:
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Hook ``optimizer`` (detaching from any earlier one)."""
+        if self.spec.needs_momentum:
+            for layer in self.layers:
+                first_moment_rule(optimizer, layer.weight)  # ValueError if it has none
+            self.keep_dense_grads = True  # the moment needs every step's dense gradient
         self.detach()
         self.optimizer = optimizer
         self._handles = [
@@ -517,6 +523,7 @@ class SparseTopology:
         if reset_updates:
             self.n_updates = 0
         self._dense_grads.clear()
+        self._moments.clear()
         self._grad_seen.clear()
 
     def layer(self, name: str) -> MaskedLayer:
@@ -567,6 +574,8 @@ class SparseTopology:
 
     def _before_step(self) -> None:
         """The scheduled update (on the dense gradient), then gradient masking."""
+        if self.spec.needs_momentum:
+            self._accumulate_moments()
         upcoming = self.step + 1
         if self.spec.dynamic and self.schedule.is_update_step(upcoming):
             self._run_update(upcoming, scheduled=True)
@@ -590,6 +599,19 @@ class SparseTopology:
             return loss
 
         return wrapped
+
+    @torch.no_grad()
+    def _accumulate_moments(self) -> None:
+        """The first moment of each layer's dense gradient, with the optimizer's own
+        coefficient (the optimizer's state is 0 at inactive entries, invariant 1)."""
+        for layer in self.layers:
+            grad = self.dense_grad(layer)
+            if grad is None:
+                continue
+            decay, scale = first_moment_rule(self.optimizer, layer.weight)
+            moment = self._moments.get(layer.name)
+            self._moments[layer.name] = (scale * grad if moment is None
+                                         else moment.mul_(decay).add_(grad, alpha=scale))
 
     def _mask_grads(self) -> None:
         with_grad = [x for x in self.layers if x.weight.grad is not None]
@@ -639,6 +661,9 @@ class SparseTopology:
         before every step and update; after ``model.to()`` nothing else is needed)."""
         for layer in self.layers:
             layer.follow_weight()
+            moment = self._moments.get(layer.name)
+            if moment is not None and moment.device != layer.weight.device:
+                self._moments[layer.name] = moment.to(layer.weight.device)
 
     def _resolve_output_layer(self) -> None:
         """Protect the last maskable layer in forward order (if it is masked)."""
@@ -668,7 +693,8 @@ class SparseTopology:
         self._resolve_output_layer()
         fn = self.spec.update
         needs_grad = self.spec.needs_grad
-        grads = {layer.name: self.dense_grad(layer) for layer in self.layers}
+        grads = {layer.name: self._moments.get(layer.name) if self.spec.needs_momentum
+                 else self.dense_grad(layer) for layer in self.layers}
         if needs_grad and not scheduled and all(g is None for g in grads.values()):
             raise ValueError(
                 f"updater {self.updater!r} grows by gradient: call backward() before update()"
@@ -743,6 +769,7 @@ class SparseTopology:
             "masks": {x.name: x.mask.detach().cpu().clone() for x in self.layers},
             "ever_active": {x.name: x.ever_active.cpu().clone() for x in self.layers},
             "budgets": {x.name: x.budget for x in self.layers},
+            "moments": {k: v.detach().cpu().clone() for k, v in self._moments.items()},
             "config": {
                 "sparsity": self.sparsity, "updater": self.updater,
                 "distribution": self.distribution, "delta_t": self.schedule.delta_t,
@@ -770,6 +797,8 @@ class SparseTopology:
             ever = state.get("ever_active", {}).get(layer.name)
             layer.ever_active.copy_(ever if ever is not None else layer.mask)
             layer.budget = int(state.get("budgets", {}).get(layer.name, layer.budget))
+        self._moments = {k: v.to(self.layer(k).weight.device).clone()
+                         for k, v in state.get("moments", {}).items()}
         self.step = int(state["step"])
         self.n_updates = int(state.get("n_updates", 0))
         self.generator.set_state(state["generator"])

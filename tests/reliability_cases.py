@@ -40,7 +40,7 @@ from sparse_agents.study.runner import run_study
 from sparse_agents.study.workloads import run_cl
 from sparse_agents.task_masks import TaskMasks
 from sparse_agents.topology import SparseTopology
-from sparse_agents.updaters import REGISTRY, get_updater
+from sparse_agents.updaters import REGISTRY, get_updater, updater_names
 
 __all__ = ["CASES", "DOC", "FAULTS", "Case", "Fault", "Result", "main", "render_markdown",
            "run_case", "run_cases"]
@@ -243,7 +243,7 @@ def plugin_eval_before_training() -> None:
 # ---------------------------------------------------------------------- the cases
 V = ValueError
 K = KeyError
-UPDATERS = r"\('static', 'set', 'unfired', 'rigl', 'srigl'\)"
+UPDATERS = re.escape(repr(updater_names()))  # the registry's names, whatever they are
 SPARSITY_RANGE = r"sparsity must be in \[0, 1\)"
 
 CASES: list[Case] = [

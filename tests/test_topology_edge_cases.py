@@ -401,3 +401,69 @@ def test_srigl_refuses_a_layer_left_without_weights():
         sa.SparseTopology(model, None, updater="srigl", masks=masks)
     topo = sa.SparseTopology(mlp(0, sizes=(8, 32, 4)), None, updater="rigl", masks=masks)
     assert topo.layer("2").budget == 0
+
+
+# ------------------------------------------------------------------ momentum growth
+def test_momentum_grows_where_the_dense_first_moment_is_largest():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    topo = sa.SparseTopology(model, opt, sparsity=0.5, updater="momentum", delta_t=3,
+                             drop_fraction=0.5, schedule="constant")
+    layer = topo.layers[0]
+    moment = torch.zeros_like(layer.weight)
+    for step in range(3):
+        x, y = data(step, d=6)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        moment = 0.9 * moment + layer.weight.grad  # the dense gradient, before masking
+        if step == 2:
+            old, w = layer.mask.clone(), layer.weight.detach().clone()
+        opt.step()
+    n_drop = int(int(old.sum()) * 0.5)
+    cut = w.abs()[old].sort().values[n_drop]
+    kept = old & (w.abs() >= cut)
+    free_scores = moment.abs().masked_fill(kept, -1.0)
+    want = kept.clone()
+    want.view(-1)[free_scores.view(-1).topk(n_drop).indices] = True
+    assert torch.equal(layer.mask, want)
+    assert not torch.equal(layer.mask, old)
+    check_topology(topo, opt)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.SGD(p, lr=0.1),  # momentum 0: no first moment
+    lambda p: torch.optim.Rprop(p),
+    lambda p: torch.optim.Adagrad(p),
+], ids=["sgd-no-momentum", "rprop", "adagrad"])
+def test_momentum_growth_refuses_an_optimizer_without_a_first_moment(make):
+    model = mlp(0, sizes=(8, 16, 4))
+    with pytest.raises(ValueError, match="keeps no first moment"):
+        sa.SparseTopology(model, make(model.parameters()), updater="momentum")
+
+
+@pytest.mark.parametrize("grad_masking", ["step", "backward"])
+def test_momentum_state_round_trips_and_follows_both_masking_modes(grad_masking):
+    def run(steps, topo_state=None, model_state=None, opt_state=None):
+        model = mlp(0, sizes=(8, 32, 4))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        topo = sa.SparseTopology(model, opt, sparsity=0.8, updater="momentum", delta_t=2,
+                                 grad_masking=grad_masking)
+        if topo_state is not None:
+            model.load_state_dict(model_state)
+            opt.load_state_dict(opt_state)
+            topo.load_state_dict(topo_state)
+        start = topo.step
+        for step in range(start, start + steps):
+            opt.zero_grad()
+            loss_of(model, step).backward()
+            opt.step()
+        return model, opt, topo
+
+    model, opt, topo = run(6)
+    assert set(topo.state_dict()["moments"]) == {x.name for x in topo.layers}
+    check_topology(topo, opt)
+    half = run(3)
+    resumed = run(3, half[2].state_dict(), half[0].state_dict(), half[1].state_dict())[2]
+    for a, b in zip(topo.layers, resumed.layers, strict=True):
+        assert torch.equal(a.mask, b.mask)

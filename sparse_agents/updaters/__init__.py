@@ -2,6 +2,7 @@
 and the registry of their traits (:mod:`sparse_agents.updaters.registry`)."""
 
 from sparse_agents.updaters.base import Updater
+from sparse_agents.updaters.momentum import momentum_update
 from sparse_agents.updaters.registry import (
     DENSE,
     REGISTRY,
@@ -21,5 +22,5 @@ from sparse_agents.updaters.unfired import unfired_update
 UPDATERS: dict[str, Updater] = {name: spec.update for name, spec in REGISTRY.items()}
 
 __all__ = ["DENSE", "REGISTRY", "UPDATERS", "Updater", "UpdaterSpec", "check_updaters",
-           "get_updater", "initial_mask", "rigl_update", "set_update", "srigl_update",
-           "static_update", "unfired_update", "updater_names"]
+           "get_updater", "initial_mask", "momentum_update", "rigl_update", "set_update",
+           "srigl_update", "static_update", "unfired_update", "updater_names"]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from sparse_agents.updaters.base import Updater, topk
+from sparse_agents.updaters.momentum import momentum_update
 from sparse_agents.updaters.rigl import rigl_update
 from sparse_agents.updaters.set import set_update
 from sparse_agents.updaters.srigl import constant_fan_in_mask, srigl_update
@@ -32,6 +33,8 @@ class UpdaterSpec:
         needs_grad: growth scores the dense gradient at the update step.
         constant_fan_in: initial and updated masks give every alive row the same fan-in.
         ablates: may remove whole neurons (rows), so the output layer is protected.
+        needs_momentum: the score is the first moment of the dense gradient, kept by the
+            topology with the optimizer's momentum coefficient (passed as ``grad``).
         summary: one line for ``--help`` texts and docs.
     """
 
@@ -41,6 +44,7 @@ class UpdaterSpec:
     needs_grad: bool = False
     constant_fan_in: bool = False
     ablates: bool = False
+    needs_momentum: bool = False
     summary: str = ""
 
 
@@ -52,6 +56,8 @@ REGISTRY: dict[str, UpdaterSpec] = {spec.name: spec for spec in (
                 summary="magnitude prune, random growth among never-active positions"),
     UpdaterSpec("rigl", rigl_update, needs_grad=True,
                 summary="magnitude prune, dense-gradient growth"),
+    UpdaterSpec("momentum", momentum_update, needs_grad=True, needs_momentum=True,
+                summary="magnitude prune, growth by the dense gradient's first moment"),
     UpdaterSpec("srigl", srigl_update, needs_grad=True, constant_fan_in=True, ablates=True,
                 summary="RigL with constant fan-in and neuron ablation"),
 )}
