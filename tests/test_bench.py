@@ -129,3 +129,22 @@ def test_bench_modules_parse_and_describe_reruns(name, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out.replace("\n", " ")
     assert "overwrite" in text or "finished runs are skipped" in text or "no files" in text
+
+
+def test_rl_defaults_report_scores_final_and_last_ten_percent(tmp_path, capsys):
+    import json
+
+    from sparse_agents.experiments.bench import rl_defaults
+
+    for seed, curve in ((0, [10, 300, 400, 500]), (1, [10, 200, 300, 100])):
+        run = tmp_path / f"C-s{seed}"
+        run.mkdir()
+        rows = "\n".join(f"{t},{m},0" for t, m in zip((0, 30, 95, 100), curve, strict=True))
+        (run / "evaluations.csv").write_text("timesteps,mean,std\n" + rows + "\n")
+        (run / "summary.json").write_text(json.dumps({"density": 0.1}))
+    assert rl_defaults.main(["--out", str(tmp_path), "--configs", "C", "--seeds", "0", "1",
+                             "--report-only"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    # finals 500 and 100; last 10% (t >= 90): (400+500)/2 = 450 and (300+100)/2 = 200
+    assert row == "| C | 500, 100 | 300.0 ± 200.0 | 325.0 ± 125.0 | 0.100 |"
+    assert (tmp_path / "summary.md").read_text().endswith(row + "\n")

@@ -1,0 +1,103 @@
+"""The RL-defaults sweep of docs/rl.md: sparse PPO on CartPole-v1 under several topology
+update schedules and seeds, each one ``sparse-train`` run, scored by the final and the
+last-10% evaluation return (as Graesser et al. score)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from sparse_agents.cli.train_agent import main as train
+
+#: keep the first layer of the policy and value MLPs dense (config D)
+DENSE_INPUT = r"dense_layers=['mlp_extractor\\.policy_net\\.0','mlp_extractor\\.value_net\\.0']"
+
+#: name -> sparse-train arguments (on top of --timesteps, --eval-freq, --seed, --out)
+CONFIGS: dict[str, list[str]] = {
+    "dense": ["--updater", "dense"],
+    "static": ["--updater", "static"],
+    "defaults": [],  # the sparse policies' own defaults (SRigL 90% ERK, RL schedule)
+    "A": ["--delta-t", "100", "--drop-fraction", "0.3", "--t-end-fraction", "0.75"],
+    "B": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75"],
+    "C": ["--delta-t", "1000", "--drop-fraction", "0.1", "--t-end-fraction", "0.8"],
+    "D": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
+          "--hp", DENSE_INPUT],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sparse-bench-rl-defaults", description=__doc__.split("\n\n")[0],
+        epilog="Each run writes OUT/<config>-s<seed>/; re-running resumes: finished runs "
+               "(with a summary.json) are skipped. The table goes to stdout and "
+               "OUT/summary.md. Configs: " + ", ".join(
+                   f"{k} ({' '.join(v) or 'no options'})" for k, v in CONFIGS.items()))
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=["defaults"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--timesteps", type=int, default=100_000)
+    p.add_argument("--eval-freq", type=int, default=None,
+                   help="timesteps between evaluations (default timesteps/10)")
+    p.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
+    return p
+
+
+def run_missing(out: Path, configs: list[str], seeds: list[int], timesteps: int,
+                eval_freq: int | None) -> None:
+    """Train every (config, seed) without a ``summary.json`` yet."""
+    for seed in seeds:
+        for name in configs:
+            folder = out / f"{name}-s{seed}"
+            if (folder / "summary.json").exists():
+                continue
+            extra = [] if eval_freq is None else ["--eval-freq", str(eval_freq)]
+            train(["--timesteps", str(timesteps), "--seed", str(seed), "--out", str(folder),
+                   "--no-progress", "--no-plot", *extra, *CONFIGS[name]])
+
+
+def score(folder: Path) -> dict[str, float]:
+    """Final evaluation return, mean return of the evaluations in the last 10% of
+    training, and the final density of one run."""
+    rows = [(int(r["timesteps"]), float(r["mean"]))
+            for r in csv.DictReader(open(folder / "evaluations.csv"))]
+    total = max(t for t, _ in rows)
+    last = [m for t, m in rows if t > 0 and t >= 0.9 * total]
+    summary = json.loads((folder / "summary.json").read_text())
+    return {"final": rows[-1][1], "last10": sum(last) / len(last),
+            "density": float(summary["density"])}
+
+
+def table(out: Path, configs: list[str], seeds: list[int]) -> str:
+    """Markdown: per config, the final returns per seed, their mean +- std, the last-10%
+    mean +- std and seed 0's density."""
+    lines = ["| config | final per seed | final mean ± std | last 10% mean ± std | density |",
+             "|---|---|---|---|---|"]
+    for name in configs:
+        runs = [score(out / f"{name}-s{s}") for s in seeds
+                if (out / f"{name}-s{s}" / "summary.json").exists()]
+        if not runs:
+            continue
+        finals, lasts = [r["final"] for r in runs], [r["last10"] for r in runs]
+        lines.append(f"| {name} | {', '.join(f'{x:.0f}' for x in finals)} | "
+                     f"{_mean_std(finals)} | {_mean_std(lasts)} | {runs[0]['density']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run_missing(out, args.configs, args.seeds, args.timesteps, args.eval_freq)
+    text = table(out, args.configs, args.seeds)
+    (out / "summary.md").write_text(text)
+    print(text, end="")
+    return 0
