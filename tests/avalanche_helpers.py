@@ -1,6 +1,8 @@
-"""A small multi-head Avalanche model shared by the Avalanche tests."""
+"""A small multi-head Avalanche model and an eval-logit capture plugin, shared by the
+Avalanche tests."""
 
 import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from torch import nn
 
@@ -16,3 +18,19 @@ class Net(MultiTaskModule):
 
     def forward_single_task(self, x, task_label):
         return self.classifier(self.backbone(x), task_label)
+
+
+class Capture(SupervisedPlugin):
+    """Eval logits per (evaluation round, experience)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.round = 0
+        self.outputs: dict = {}
+
+    def after_eval_forward(self, strategy, **kwargs):
+        key = (self.round, strategy.experience.current_experience)
+        self.outputs.setdefault(key, []).append(strategy.mb_output.detach().clone())
+
+    def after_eval(self, strategy, **kwargs):
+        self.round += 1

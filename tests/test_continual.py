@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from avalanche_helpers import Net
+from avalanche_helpers import Capture, Net
 from invariants import check_topology
 from torch import nn
 
@@ -107,22 +107,6 @@ def test_dst_plugin_follows_a_replaced_optimizer(bench):
     strat.train(bench.train_stream[2], eval_streams=[], reset_optimizer_state=True)
     assert strat.optimizer is kept and dst.topology.optimizer is kept
     assert len(dst.history) == 3
-
-
-class Capture(SupervisedPlugin):
-    """Eval logits per (eval round, experience)."""
-
-    def __init__(self):
-        super().__init__()
-        self.round = 0
-        self.outputs: dict = {}
-
-    def after_eval_forward(self, strategy, **kwargs):
-        key = (self.round, strategy.experience.current_experience)
-        self.outputs.setdefault(key, []).append(strategy.mb_output.detach().clone())
-
-    def after_eval(self, strategy, **kwargs):
-        self.round += 1
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adamw"])

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from avalanche_helpers import Net
+from avalanche_helpers import Capture, Net
 from helpers import batch, mlp
 from invariants import check_topology
 from stable_baselines3 import DQN, PPO, SAC
@@ -215,22 +215,6 @@ class Check(SupervisedPlugin):
         check_topology(topo, strategy.optimizer)
         assert_on_device(topo, model_device(strategy.model))
         self.checked += 1
-
-
-class Capture(SupervisedPlugin):
-    """Eval logits per (evaluation round, experience)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.round = 0
-        self.outputs: dict = {}
-
-    def after_eval_forward(self, strategy, **kwargs):
-        key = (self.round, strategy.experience.current_experience)
-        self.outputs.setdefault(key, []).append(strategy.mb_output.detach().clone())
-
-    def after_eval(self, strategy, **kwargs):
-        self.round += 1
 
 
 def naive(model, plugin, *extra):
