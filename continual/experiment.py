@@ -2,9 +2,9 @@
 
 :func:`run_experiment` trains a model task after task and evaluates every seen task
 after each one (the accuracy matrix), then reports average accuracy, forgetting and
-BWT (:mod:`continual.metrics`). Before training, the freshly built (dense, randomly
-initialised) model is evaluated on every task (``fwt_baseline``); the torch engine also
-evaluates each task just before training it, which gives forward transfer (``fwt``).
+BWT (:mod:`continual.metrics`). Each task is also evaluated just before training it
+and compared with the freshly built (dense, randomly initialised) model's accuracy on
+it (``fwt_baseline``), which gives forward transfer (``fwt``).
 
 Models: a backbone from :mod:`continual.backbones` (``backbone=``; default an MLP
 ``in-256-256``, a small CNN for CIFAR) with one dense head per task label on
@@ -32,6 +32,9 @@ share each task keeps, ``updater`` and ``task_masks`` do not apply.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import math
 import time
 import warnings
@@ -59,6 +62,7 @@ STRATEGIES = ("naive", "ewc", "replay", "packnet")
 ENGINES = ("auto", "torch", "avalanche")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HEADS = r"heads\..*"
+EVAL_BATCH = 2048
 
 Progress = Callable[[int, int, str], None]
 
@@ -278,96 +282,207 @@ def _packnet_proportions(sparsity: float, n_tasks: int) -> list[float]:
     return out
 
 
-def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: float,
-                   distribution: str, task_masks: bool, epochs: int, seed: int,
-                   batch_size: int, hidden: int, backbone: str | None, width: float,
-                   opt_args: dict, dst: dict, transfer: bool,
-                   overflow: str, progress: Progress | None,
-                   kw: dict) -> tuple[np.ndarray, dict, dict]:
+def _import_avalanche() -> None:
+    """Import what the Avalanche engine uses, silencing qpsolvers' warning (once)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*QP solver.*")
         warnings.filterwarnings("ignore", module="qpsolvers.*")
-        from avalanche.core import SupervisedPlugin
-        from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
-        from avalanche.models import MultiHeadClassifier, MultiTaskModule
-        from avalanche.models.packnet import PackNetModel, PackNetPlugin
-        from avalanche.training import EWC, Naive, Replay
-        from avalanche.training.determinism.rng_manager import RNGManager
-        from avalanche.training.plugins import EvaluationPlugin
+        import avalanche.training  # noqa: F401
 
-        from continual.streams import to_benchmark
-        from sparse_agents.avalanche.plugins import DSTPlugin, TaskMaskPlugin
+        import sparse_agents.avalanche.plugins  # noqa: F401
+
+
+@functools.cache
+def _multi_head_class() -> type:
+    from avalanche.models import MultiHeadClassifier, MultiTaskModule
 
     class AvalancheMultiHead(MultiTaskModule):
-        def __init__(self, backbone: nn.Module) -> None:
+        """Backbone plus Avalanche's ``MultiHeadClassifier``: a head per task label,
+        added by the model adaptation when the label first comes."""
+
+        def __init__(self, backbone: nn.Module, features: int, n_classes: int) -> None:
             super().__init__()
             self.backbone = backbone
-            self.classifier = MultiHeadClassifier(features, data.tasks[0].n_classes,
-                                                  masking=False)
+            self.classifier = MultiHeadClassifier(features, n_classes, masking=False)
 
         def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
             return self.classifier(self.backbone(x), task_label)
 
+    return AvalancheMultiHead
+
+
+def _avalanche_model(data: StreamData, strategy: str, backbone: str | None, hidden: int,
+                     width: float, epochs: int, sparsity: float) -> tuple[nn.Module, list]:
+    """The model the engine trains and the plugins it needs (PackNet's)."""
+    from avalanche.models.packnet import PackNetModel, PackNetPlugin
+
+    body, features = backbones.build_backbone(backbone, data.input_shape, hidden=hidden,
+                                              width=width)
+    if strategy == "packnet":
+        model = PackNetModel(SingleHeadNet(body, features, data.n_classes))
+        return model, [PackNetPlugin(post_prune_epochs=max(1, epochs // 2),
+                                     prune_proportion=_packnet_proportions(sparsity,
+                                                                           data.n_tasks))]
+    if data.task_incremental:
+        return _multi_head_class()(body, features, data.tasks[0].n_classes), []
+    return SingleHeadNet(body, features, data.n_classes), []
+
+
+def _sparse_plugin(data: StreamData, strategy: str, updater: str, sparsity: float,
+                   distribution: str, task_masks: bool, transfer: bool, overflow: str,
+                   seed: int, dst: dict):
+    """:class:`TaskMaskPlugin`, :class:`DSTPlugin` or None (dense, packnet)."""
+    from sparse_agents.avalanche.plugins import DSTPlugin, TaskMaskPlugin
+
+    if strategy == "packnet" or updater == DENSE:
+        return None
+    if task_masks:
+        return TaskMaskPlugin(sparsity, updater, distribution, transfer, n_tasks=data.n_tasks,
+                              overflow=overflow, seed=seed, **dst)
+    dense = [] if data.task_incremental else ["head"]
+    return DSTPlugin(sparsity, updater, distribution, seed=seed, dense_layers=dense, **dst)
+
+
+def _progress_plugin(progress: Progress, total: int, n_tasks: int):
+    from avalanche.core import SupervisedPlugin
+
     class _Progress(SupervisedPlugin):
-        def __init__(self, total: int) -> None:
+        def __init__(self) -> None:
             super().__init__()
-            self.total, self.done = total, 0
+            self.done = 0
 
         def after_training_iteration(self, strategy, **_) -> None:
             self.done += 1
-            progress(self.done, self.total,
-                     f"task {strategy.clock.train_exp_counter + 1}/{data.n_tasks}")
+            progress(self.done, total,
+                     f"task {strategy.clock.train_exp_counter + 1}/{n_tasks}")
 
-    RNGManager.set_random_seeds(seed)
-    bm = to_benchmark(data)
-    body, features = backbones.build_backbone(backbone, data.input_shape, hidden=hidden,
-                                              width=width)
-    plugins: list = []
-    if strategy == "packnet":
-        model: nn.Module = PackNetModel(SingleHeadNet(body, features, data.n_classes))
-        plugins.append(PackNetPlugin(post_prune_epochs=max(1, epochs // 2),
-                                     prune_proportion=_packnet_proportions(sparsity,
-                                                                           data.n_tasks)))
-    elif data.task_incremental:
-        model = AvalancheMultiHead(body)
-    else:
-        model = SingleHeadNet(body, features, data.n_classes)
-    opt = _optimizer(model.parameters(), **opt_args)
-    sparse_plugin = None
-    if strategy != "packnet" and updater != DENSE:
-        if task_masks:
-            sparse_plugin = TaskMaskPlugin(sparsity, updater, distribution, transfer,
-                                           n_tasks=data.n_tasks, overflow=overflow, seed=seed,
-                                           **dst)
-        else:
-            dense = [] if data.task_incremental else ["head"]
-            sparse_plugin = DSTPlugin(sparsity, updater, distribution, seed=seed,
-                                      dense_layers=dense, **dst)
-        plugins.append(sparse_plugin)
-    if progress is not None:
-        total = sum(epochs * math.ceil(len(t.y_train) / batch_size) for t in data.tasks)
-        plugins.append(_Progress(total))
+    return _Progress()
+
+
+def _avalanche_strategy(strategy: str, model: nn.Module, opt: torch.optim.Optimizer,
+                        plugins: list, epochs: int, batch_size: int, kw: dict):
+    """Avalanche's ``Naive`` (naive, packnet), ``EWC`` or ``Replay`` on CPU, with an
+    ``EvaluationPlugin`` of accuracy and forgetting (no loggers)."""
+    from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+    from avalanche.training import EWC, Naive, Replay
+    from avalanche.training.plugins import EvaluationPlugin
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
         evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
                                      forgetting_metrics(experience=True, stream=True),
                                      loggers=[])
     common = dict(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(),
-                  train_mb_size=batch_size, train_epochs=epochs, eval_mb_size=2048,
+                  train_mb_size=batch_size, train_epochs=epochs, eval_mb_size=EVAL_BATCH,
                   device="cpu", plugins=plugins, evaluator=evaluator)
     if strategy == "ewc":
-        strat = EWC(ewc_lambda=float(kw["ewc_lambda"]), **common)
-    elif strategy == "replay":
-        strat = Replay(mem_size=int(kw["mem_size"]), **common)
-    else:
-        strat = Naive(**common)
+        return EWC(ewc_lambda=float(kw["ewc_lambda"]), **common)
+    if strategy == "replay":
+        return Replay(mem_size=int(kw["mem_size"]), **common)
+    return Naive(**common)
+
+
+@torch.no_grad()
+def _avalanche_accuracy(model: nn.Module, task: TaskData) -> float:
+    """Top-1 accuracy on ``task``'s test data as Avalanche's eval computes it (the
+    model's forward with the mini-batch's task labels, eval mode, batches of
+    ``EVAL_BATCH``)."""
+    from avalanche.models.utils import avalanche_forward
+
+    model.eval()
+    correct = 0
+    for i in range(0, len(task.y_test), EVAL_BATCH):
+        x, y = task.x_test[i:i + EVAL_BATCH], task.y_test[i:i + EVAL_BATCH]
+        labels = torch.full((len(y),), task.task_label, dtype=torch.long)
+        correct += int((torch.max(avalanche_forward(model, x, labels), 1)[1] == y).sum())
+    return correct / max(1, len(task.y_test))
+
+
+def _adapted_accuracy(model: nn.Module, exps: list, task: TaskData) -> float:
+    """Accuracy on ``task`` of ``model`` (a copy: it is changed) after Avalanche's model
+    adaptation to the training experiences ``exps`` (the last one ``task``'s): a task
+    label without a head gets a new one. Each adaptation runs under a forked RNG, the
+    last one from the current state: ``task``'s head is the one its training starts
+    from."""
+    from avalanche.models.utils import avalanche_model_adaptation
+
+    model.eval()  # a model in eval mode does not record the labels as trained
+    with torch.random.fork_rng(devices=[]):
+        for exp in exps[:-1]:  # heads of the earlier tasks, for the output width
+            avalanche_model_adaptation(model, exp)
+    with torch.random.fork_rng(devices=[]):
+        avalanche_model_adaptation(model, exps[-1])
+    return _avalanche_accuracy(model, task)
+
+
+def _look_ahead(model: nn.Module, initial: nn.Module, masks: TaskMasks | None, bm,
+                data: StreamData, j: int) -> tuple[float, float]:
+    """Accuracy on task ``j`` (not trained yet) of the model as it stands and of the
+    untrained ``initial`` one, both with the head training task ``j`` starts from and,
+    with task masks, the view an unseen task gets. Both run on copies with the RNG
+    forked: the model, masks, optimizer, plugins and the training RNG stay as they were."""
+    task = data.tasks[j]
+    view = (contextlib.nullcontext() if masks is None
+            else masks.use_task(task.task_label, allow_unseen=True))
+    with view:
+        probe = copy.deepcopy(model)
+    exps = [bm.train_stream[k] for k in range(j + 1)]
+    return (_adapted_accuracy(probe, exps[-1:], task),
+            _adapted_accuracy(copy.deepcopy(initial), exps, task))
+
+
+def _train_avalanche(strat, bm, data: StreamData, initial: nn.Module,
+                     sparse_plugin) -> tuple[list[dict], np.ndarray, list[float]]:
+    """Train experience by experience; after each, Avalanche's eval of the seen tasks
+    (``results``) and the look-ahead on the next task (``nxt``, NaN for task 0); and
+    the untrained model's accuracy per task (``baseline``)."""
+    T = data.n_tasks
+    nxt = np.full(T, np.nan)
+    baseline = [_adapted_accuracy(copy.deepcopy(initial), [bm.train_stream[0]],
+                                  data.tasks[0])]
     results = []
+    for i, exp in enumerate(bm.train_stream):
+        strat.train(exp, eval_streams=[])
+        results.append(strat.eval(bm.test_stream[: i + 1]))
+        if i + 1 < T:
+            masks = getattr(sparse_plugin, "task_masks", None)
+            nxt[i + 1], base = _look_ahead(strat.model, initial, masks, bm, data, i + 1)
+            baseline.append(base)
+    return results, nxt, baseline
+
+
+def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: float,
+                   distribution: str, task_masks: bool, epochs: int, seed: int,
+                   batch_size: int, hidden: int, backbone: str | None, width: float,
+                   opt_args: dict, dst: dict, transfer: bool, overflow: str,
+                   progress: Progress | None,
+                   kw: dict) -> tuple[np.ndarray, dict, np.ndarray, list[float], dict]:
+    """``R``, mask metrics, ``nxt`` (as :func:`_run_torch`), the baseline (the engine's
+    own untrained model per task, with the head each task's training starts from) and
+    Avalanche's stream metrics."""
+    _import_avalanche()
+    from avalanche.training.determinism.rng_manager import RNGManager
+
+    from continual.streams import to_benchmark
+
+    RNGManager.set_random_seeds(seed)
+    bm = to_benchmark(data)
+    model, plugins = _avalanche_model(data, strategy, backbone, hidden, width, epochs,
+                                      sparsity)
+    initial = copy.deepcopy(model)
+    opt = _optimizer(model.parameters(), **opt_args)
+    sparse_plugin = _sparse_plugin(data, strategy, updater, sparsity, distribution,
+                                   task_masks, transfer, overflow, seed, dst)
+    if sparse_plugin is not None:
+        plugins.append(sparse_plugin)
+    if progress is not None:
+        total = sum(epochs * math.ceil(len(t.y_train) / batch_size) for t in data.tasks)
+        plugins.append(_progress_plugin(progress, total, data.n_tasks))
+    strat = _avalanche_strategy(strategy, model, opt, plugins, epochs, batch_size, kw)
     # Replay's storage policy calls a method Avalanche 0.6 itself deprecates, and its
     # decorator resets the warning filters: record, drop that one, re-emit the others
     with warnings.catch_warnings(record=True) as caught:
-        for i, exp in enumerate(bm.train_stream):
-            strat.train(exp, eval_streams=[])
-            results.append(strat.eval(bm.test_stream[: i + 1]))
+        results, nxt, baseline = _train_avalanche(strat, bm, data, initial, sparse_plugin)
     for w in caught:
         if "Call to deprecated function update" not in str(w.message):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -381,7 +496,7 @@ def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: f
         "StreamForgetting/eval_phase/test_stream", float("nan"))),
         "avalanche_stream_accuracy": float(last.get(
             "Top1_Acc_Stream/eval_phase/test_stream/Task000", float("nan")))}
-    return R, masks, extra
+    return R, masks, nxt, baseline, extra
 
 
 # ---------------------------------------------------------------------- entry point
@@ -424,12 +539,16 @@ def run_experiment(
             (a callable ``(done, total, text)``).
 
     Returns:
-        ``avg_accuracy``, ``forgetting``, ``bwt``, ``fwt`` (torch engine; None on
-        Avalanche's), ``fwt_baseline`` (the untrained model's accuracy per task),
-        ``next_task_accuracies`` (accuracy on task j just before training it; None
-        for task 0 and on Avalanche's engine), ``accuracy_matrix`` (rows: after
+        ``avg_accuracy``, ``forgetting``, ``bwt``, ``fwt`` (mean over tasks j >= 1 of
+        ``next_task_accuracies[j] - fwt_baseline[j]``), ``fwt_baseline`` (the untrained
+        model's accuracy per task), ``next_task_accuracies`` (accuracy on task j after
+        training task j - 1, just before training it; None for task 0; with task
+        masks, the view an unseen task gets), ``accuracy_matrix`` (rows: after
         training task i; columns: task j; None where not evaluated), ``masks``
         (topology metrics, ``{}`` when dense), the configuration and ``wall_time``.
+        On Avalanche's engine the model's heads come with their tasks, so task j is
+        evaluated (and the baseline too) with the head training task j then starts
+        from, on copies of the model: training is bit-identical without it.
     """
     start = time.perf_counter()
     kw = dict(kw)
@@ -474,19 +593,17 @@ def run_experiment(
                   batch_size=batch_size, hidden=hidden, backbone=backbone, width=width,
                   opt_args=opt_args, dst=dst, transfer=transfer, overflow=overflow,
                   progress=progress)
-    baseline = random_init_accuracies(data, backbone, hidden, width, int(seed))
     extra: dict = {}
-    nxt = np.full(data.n_tasks, np.nan)
     if engine == "torch":
+        baseline = random_init_accuracies(data, backbone, hidden, width, int(seed))
         R, masks, nxt = _run_torch(data, **common)
     else:
-        R, masks, extra = _run_avalanche(data, strategy=strategy, kw=strategy_args, **common)
-    forward = None
-    if engine == "torch":
-        ahead = R.copy()
-        for j in range(1, data.n_tasks):
-            ahead[j - 1, j] = nxt[j]
-        forward = fwt(ahead, baseline)
+        R, masks, nxt, baseline, extra = _run_avalanche(data, strategy=strategy,
+                                                        kw=strategy_args, **common)
+    ahead = R.copy()
+    for j in range(1, data.n_tasks):
+        ahead[j - 1, j] = nxt[j]
+    forward = fwt(ahead, baseline)
     result = {
         **summarize(R), "fwt": forward, "fwt_baseline": baseline,
         "next_task_accuracies": [None if np.isnan(v) else float(v) for v in nxt],

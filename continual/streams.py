@@ -15,9 +15,13 @@ Stream names (aliases such as ``mnist-split`` for ``split-mnist`` are accepted):
   (10 x 10), their ``-ci`` variants, ``permuted-mnist``/``rotated-mnist`` (and
   ``-fmnist``): from files already on disk (:mod:`continual.datasets`), never
   downloaded.
+* ``split-miniimagenet`` (+ ``-ci``): miniImageNet's 100 classes in 10 tasks x 10,
+  ``3 x 84 x 84`` images normalised with ImageNet's mean and std, from its pickle
+  cache or an image folder on disk (:func:`continual.datasets.load_miniimagenet`).
 
 Digits are split train/test by a seeded permutation (``test_fraction``, default
-0.25); file datasets use their official split. Everything is deterministic under
+0.25); file datasets use their official split (miniImageNet: 100 of each class's 600
+images held out by a fixed seeded split). Everything is deterministic under
 ``seed``. :func:`load_stream` needs only torch and numpy; :func:`make_benchmark` (and
 the named builders) wraps the tensors into an Avalanche benchmark with task labels and
 a classes timeline (task-aware datasets, ``benchmark_from_datasets`` +
@@ -54,15 +58,23 @@ __all__ = [
 ]
 
 KINDS = ("split", "permuted", "rotated")
-SOURCES = ("digits", "mnist", "fmnist", "cifar10", "cifar100")
-DEFAULT_TASKS = {"digits": 5, "mnist": 5, "fmnist": 5, "cifar10": 5, "cifar100": 10}
+SOURCES = ("digits", "mnist", "fmnist", "cifar10", "cifar100", "miniimagenet")
+DEFAULT_TASKS = {"digits": 5, "mnist": 5, "fmnist": 5, "cifar10": 5, "cifar100": 10,
+                 "miniimagenet": 10}
+#: sources with permuted/rotated streams (grey images, fed flat)
+FLAT_SOURCES = ("digits", "mnist", "fmnist")
 #: every stream name :func:`load_stream` accepts (besides aliases)
 STREAMS = tuple(
     [f"split-{s}" for s in SOURCES] + [f"split-{s}-ci" for s in SOURCES]
-    + [f"{k}-{s}" for k in ("permuted", "rotated") for s in ("digits", "mnist", "fmnist")]
+    + [f"{k}-{s}" for k in ("permuted", "rotated") for s in FLAT_SOURCES]
 )
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: per-channel (mean, std) the colour sources are normalised with
+NORMALISATION = {**{k: (CIFAR_MEAN[k], CIFAR_STD[k]) for k in CIFAR_MEAN},
+                 "miniimagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 @dataclass
@@ -109,7 +121,7 @@ def canonical_stream(name: str) -> tuple[str, str, bool]:
         raise ValueError(f"stream must be one of {STREAMS} (or an alias such as "
                          f"'mnist-split'), got {name!r}")
     kind, source = parts
-    if kind != "split" and (ci or source.startswith("cifar")):
+    if kind != "split" and (ci or source not in FLAT_SOURCES):
         raise ValueError(f"stream must be one of {STREAMS}: {kind} streams exist for digits, "
                          f"mnist and fmnist without -ci, got {name!r}")
     return kind, source, ci
@@ -151,11 +163,12 @@ def _source(source: str, seed: int, test_fraction: float,
         return img[train], y[train], img[test], y[test]
     xtr, ytr = load_dataset(source, root, train=True)
     xte, yte = load_dataset(source, root, train=False)
-    xtr, xte = xtr.float() / 255.0, xte.float() / 255.0
-    if source in CIFAR_MEAN:
-        mean = torch.tensor(CIFAR_MEAN[source]).view(1, 3, 1, 1)
-        std = torch.tensor(CIFAR_STD[source]).view(1, 3, 1, 1)
-        xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    # in place on the float copies: miniImageNet's training set is 4 GB as float32
+    xtr, xte = xtr.float().div_(255.0), xte.float().div_(255.0)
+    if source in NORMALISATION:
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALISATION[source])
+        for x in (xtr, xte):
+            x.sub_(mean).div_(std)
     return xtr, ytr, xte, yte
 
 
@@ -172,7 +185,8 @@ def _rotate(img: Tensor, degrees: float) -> Tensor:
 
 
 def _flat(img: Tensor, source: str) -> Tensor:
-    return img if source.startswith("cifar") else img.reshape(len(img), -1)
+    """Colour images stay ``[N, 3, H, W]``; grey ones are flattened."""
+    return img if source not in FLAT_SOURCES else img.reshape(len(img), -1)
 
 
 def load_stream(
@@ -189,7 +203,8 @@ def load_stream(
 
     Args:
         stream: stream name or alias.
-        n_tasks: number of tasks (default 5; 10 for split-cifar100). Split streams
+        n_tasks: number of tasks (default 5; 10 for split-cifar100 and
+            split-miniimagenet). Split streams
             need ``1 <= n_tasks <= classes``.
         seed: seeds the train/test split (digits), permutations and class order.
         root: folder of the file datasets (see :mod:`continual.datasets`).

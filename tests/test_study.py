@@ -207,6 +207,18 @@ def test_cl_workload_sparsity_scope():
         run_cl(Job("cl:split-digits", "uniform", 0.6, "set", 0, {"sparsity_scope": "layer"}))
 
 
+def test_cl_workload_task_count_after_the_stream_name():
+    settings = {"epochs": 1, "hidden": 16, "n_tasks": 5}  # the workload's count wins
+    out = run_cl(Job("cl:permuted-digits:3", "uniform", 0.8, "set", 0, settings))
+    assert out["n_tasks"] == 3
+    jobs = expand_grid({"workloads": ["cl:permuted-digits:3", "cl:permuted-digits"],
+                        "updaters": ["set"], "sparsities": [0.8], "seeds": 1})
+    assert len({j.job_id for j in jobs}) == 4  # two task counts x two distributions
+    for bad in ("cl:permuted-digits:1", "cl:permuted-digits:ten"):
+        with pytest.raises(ValueError, match="task count after the stream"):
+            expand_grid({"workloads": [bad]})
+
+
 def test_best_updater_names_winner_and_lead():
     gain = {"set": 0.0, "rigl": 0.02, "srigl": 0.01, "dense": 0.5}
     rows = [{"workload": "w", "distribution": "erk", "sparsity": 0.9, "seed": i,

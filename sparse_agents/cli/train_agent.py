@@ -28,8 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from sparse_agents.distributions import METHODS
-from sparse_agents.experiments.hyperparams import HYPERPARAMS
-from sparse_agents.experiments.rl import ALGOS, DEFAULT_ENV, evaluation_callback, make_agent
+from sparse_agents.experiments.hyperparams import SOURCES, hyperparameters
+from sparse_agents.experiments.rl import (
+    ALGOS,
+    DEFAULT_ENV,
+    evaluation_callback,
+    last_fraction_score,
+    make_agent,
+)
 from sparse_agents.updaters import DENSE, updater_names
 
 
@@ -66,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-freq", type=int, default=None,
                    help="timesteps between evaluations (default timesteps/10)")
     p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--hyperparams", choices=tuple(SOURCES), default="zoo",
+                   help="hyperparameter table: rl-baselines3-zoo's, or a paper's own "
+                        "configuration with its sparse schedule (graesser: Graesser et al. "
+                        "2022; dqn CartPole-v1, ppo HalfCheetah-v5)")
     p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter, e.g. --hp n_steps=64 --hp "
                    "net_arch=[64,64]")
@@ -136,7 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sparse_options[key] = getattr(args, key)
     model, eval_env = make_agent(args.algo, env_id, args.updater, args.sparsity,
                                  args.distribution, args.seed, overrides, sparse_options,
-                                 args.n_envs, args.device, args.verbose, args.fused_adam)
+                                 args.n_envs, args.device, args.verbose, args.fused_adam,
+                                 args.hyperparams)
     formats = ["csv"] + (["stdout"] if args.verbose else []) + \
         (["tensorboard"] if args.tensorboard else [])
     model.set_logger(configure(str(out), formats))
@@ -155,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     callback = evaluation_callback(eval_env, every, args.eval_episodes, rows,
                                    out / "evaluations.csv", echo)
     config = dict(vars(args), env=env_id, out=str(out), hyperparams={
-        k: repr(v) for k, v in {**HYPERPARAMS.get((args.algo, env_id), {}),
+        k: repr(v) for k, v in {**hyperparameters(args.algo, env_id, args.hyperparams),
                                 **overrides}.items()})
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     print(f"training {label} for {args.timesteps} timesteps -> {out}", flush=True)
@@ -176,6 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "final_mean": rows[-1][1] if rows else math.nan,
         "final_std": rows[-1][2] if rows else math.nan,
         "best_mean": max(r[1] for r in rows) if rows else math.nan,
+        "last10_mean": last_fraction_score(rows), "hyperparams": args.hyperparams,
         "wall_s": wall, "eval_s": callback.seconds, "train_s": wall - callback.seconds,
         "density": metrics.get("density", 1.0), "updates": metrics.get("updates", 0),
         "itop": metrics.get("itop", math.nan),

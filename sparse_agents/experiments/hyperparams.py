@@ -1,5 +1,6 @@
-"""The one RL hyperparameter table: rl-baselines3-zoo's values (``hyperparams/<algo>.yml``)
-for the tasks the runners, the CLI, the benchmarks and continual RL use.
+"""The RL hyperparameter tables: rl-baselines3-zoo's values (``hyperparams/<algo>.yml``)
+for the tasks the runners, the CLI, the benchmarks and continual RL use (``"zoo"``), and
+the papers' own configurations that the benchmarks reproduce (``"graesser"``).
 
 ``"lin_X"`` is a linear schedule from X to 0; ``normalize`` wraps the environment in
 ``VecNormalize``; ``n_envs`` goes to the vectorised environment; ``action_noise`` is
@@ -39,6 +40,29 @@ HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
                                  gradient_steps=1, train_freq=1, net_arch=[400, 300]),
 }
 
+#: Graesser, Evci, Elsen, Castro, "The State of Sparse Training in Deep RL" (ICML 2022),
+#: from google-research/rigl ``rigl/rl/tfagents/configs/{dqn_gym,ppo_mujoco}_*.gin`` and the
+#: ``train_eval`` defaults of ``dqn_train_eval.py``/``ppo_train_eval.py``: the sparse
+#: schedule (update every 1000 training steps, drop fraction 0.1 with cosine decay, last
+#: update at 75% of training; ERK, output layer sparse) is part of each entry. What SB3
+#: cannot express is listed in docs/rl.md (TF-Agents' squared TD loss, He/orthogonal inits).
+GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
+    ("dqn", "CartPole-v1"): dict(net_arch=[512, 512], learning_rate=1e-3, batch_size=128,
+                                 buffer_size=100_000, learning_starts=1000, gamma=0.99,
+                                 target_update_interval=100, train_freq=1, gradient_steps=1,
+                                 exploration_initial_eps=0.01, exploration_final_eps=0.01,
+                                 delta_t=1000, drop_fraction=0.1, t_end_fraction=0.75,
+                                 schedule="cosine"),
+    ("ppo", "HalfCheetah-v5"): dict(normalize=True, n_envs=1, n_steps=2048, batch_size=64,
+                                    n_epochs=10, learning_rate="lin_3e-4", clip_range=0.2,
+                                    gae_lambda=0.95, gamma=0.99, ent_coef=0.0, vf_coef=0.5,
+                                    max_grad_norm=0.5, delta_t=1000, drop_fraction=0.1,
+                                    t_end_fraction=0.75, schedule="cosine"),
+}
+#: hyperparameter sources by name
+SOURCES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"zoo": HYPERPARAMS,
+                                                              "graesser": GRAESSER}
+
 #: keys of the table that are policy options (they go to ``policy_kwargs``)
 POLICY_KEYS = ("net_arch", "activation_fn", "ortho_init", "log_std_init", "n_critics",
                "share_features_extractor", "optimizer_kwargs")
@@ -47,8 +71,20 @@ SCHEDULE_KEYS = ("learning_rate", "clip_range")
 
 
 def zoo_hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
-    """A copy of the table's entry (``{}`` for a task it does not list)."""
+    """A copy of the zoo table's entry (``{}`` for a task it does not list)."""
     return dict(HYPERPARAMS.get((algo, env_id), {}))
+
+
+def hyperparameters(algo: str, env_id: str, source: str = "zoo") -> dict[str, Any]:
+    """A copy of ``source``'s entry for (algo, env); ``{}`` for a task the zoo does not
+    list, ``ValueError`` for a paper that did not run it."""
+    if source not in SOURCES:
+        raise ValueError(f"hyperparams must be one of {tuple(SOURCES)}, got {source!r}")
+    table = SOURCES[source]
+    if source != "zoo" and (algo, env_id) not in table:
+        raise ValueError(f"hyperparams={source!r} has no entry for {algo} on {env_id}; "
+                         f"it has {sorted(f'{a}:{e}' for a, e in table)}")
+    return dict(table.get((algo, env_id), {}))
 
 
 def resolve_schedules(hp: dict[str, Any], constant: bool = False) -> dict[str, Any]:

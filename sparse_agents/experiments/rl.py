@@ -22,8 +22,8 @@ from sparse_agents.distributions import check_sparsity
 from sparse_agents.experiments.hyperparams import (
     HYPERPARAMS,
     POLICY_KEYS,
+    hyperparameters,
     resolve_schedules,
-    zoo_hyperparameters,
 )
 from sparse_agents.sb3 import (
     SPARSE_DEFAULTS,
@@ -35,7 +35,7 @@ from sparse_agents.sb3 import (
 from sparse_agents.updaters import DENSE, get_updater
 
 __all__ = ["ALGOS", "DEFAULT_ENV", "HYPERPARAMS", "SPARSE_POLICIES", "evaluation_callback",
-           "make_agent", "train_and_evaluate", "write_curve_csv"]
+           "last_fraction_score", "make_agent", "train_and_evaluate", "write_curve_csv"]
 
 ALGOS = ("ppo", "a2c", "dqn", "sac", "td3")
 DEFAULT_ENV = {"ppo": "CartPole-v1", "a2c": "CartPole-v1", "dqn": "CartPole-v1",
@@ -46,10 +46,14 @@ SPARSE_POLICIES = {"ppo": SparseActorCriticPolicy, "a2c": SparseActorCriticPolic
 
 
 def _split_hyperparameters(algo: str, env_id: str, overrides: dict | None, updater: str,
-                           fused_adam: bool) -> tuple[dict, dict, dict, bool, int | None]:
-    """Zoo values plus ``overrides``, split into algorithm keywords, policy keywords and
-    sparse options; also ``normalize`` and the table's ``n_envs``."""
-    hp = zoo_hyperparameters(algo, env_id)
+                           fused_adam: bool, source: str = "zoo",
+                           ) -> tuple[dict, dict, dict, bool, int | None]:
+    """``source``'s values plus ``overrides``, split into algorithm keywords, policy
+    keywords and sparse options; also ``normalize`` and the table's ``n_envs``. A table's
+    sparse schedule is dropped for a dense agent; one given in ``overrides`` is an error."""
+    hp = hyperparameters(algo, env_id, source)
+    if updater == DENSE:
+        hp = {k: v for k, v in hp.items() if k not in SPARSE_DEFAULTS}
     hp.update(overrides or {})
     normalize = bool(hp.pop("normalize", False))
     n_envs = hp.pop("n_envs", None)
@@ -92,15 +96,17 @@ def _action_noise(noise: Any, env) -> NormalActionNoise | None:
 def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float = 0.9,
                distribution: str = "erk", seed: int = 0, overrides: dict | None = None,
                sparse_options: dict | None = None, n_envs: int | None = None,
-               device: str = "cpu", verbose: int = 0, fused_adam: bool = False):
-    """Build ``(model, eval_env)``: the agent with zoo hyperparameters (``overrides``
-    win), sparse unless ``updater == "dense"``. ``fused_adam``: Adam(fused=True) for
-    the Adam-trained algorithms (PPO keeps SB3's eps=1e-5; A2C's RMSprop is kept)."""
+               device: str = "cpu", verbose: int = 0, fused_adam: bool = False,
+               hyperparams: str = "zoo"):
+    """Build ``(model, eval_env)``: the agent with the hyperparameters of table
+    ``hyperparams`` (``"zoo"`` or a paper's, e.g. ``"graesser"``; ``overrides`` win),
+    sparse unless ``updater == "dense"``. ``fused_adam``: Adam(fused=True) for the
+    Adam-trained algorithms (PPO keeps SB3's eps=1e-5; A2C's RMSprop is kept)."""
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
     get_updater(updater, dense=True)
     hp, policy_kwargs, sparse_hp, normalize, table_envs = _split_hyperparameters(
-        algo, env_id, overrides, updater, fused_adam)
+        algo, env_id, overrides, updater, fused_adam, hyperparams)
     env, eval_env = _envs(env_id, n_envs or int(table_envs or 1), seed, normalize,
                           hp.get("gamma", 0.99))
     noise = _action_noise(hp.pop("action_noise", None), env)
@@ -112,8 +118,8 @@ def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float =
         policy = SPARSE_POLICIES[algo]
         policy_kwargs.update(sparsity=sparsity, updater=updater, distribution=distribution,
                              seed=seed)
-        policy_kwargs.update(sparse_options or {})
-        policy_kwargs.update(sparse_hp)
+        policy_kwargs.update(sparse_hp)  # the table's schedule and --hp ...
+        policy_kwargs.update(sparse_options or {})  # ... lose to explicit options
     model = getattr(sb3, algo.upper())(policy, env, policy_kwargs=policy_kwargs, seed=seed,
                                        device=device, verbose=verbose, **hp)
     return model, eval_env
@@ -176,16 +182,29 @@ def write_curve_csv(path: Path, rows: list) -> None:
         writer.writerows(rows)
 
 
+def last_fraction_score(rows: list, fraction: float = 0.1) -> float:
+    """Graesser et al.'s score: the mean of the last ``fraction`` of the evaluations
+    ``(timesteps, mean, std)`` (the one at the start included; at least one)."""
+    if not rows:
+        return math.nan
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = max(1, int(fraction * len(rows)))
+    return float(np.mean([r[1] for r in rows[-k:]]))
+
+
 def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: str = "srigl",
                        sparsity: float = 0.9, distribution: str = "erk",
                        timesteps: int = 50_000, seed: int = 0, eval_episodes: int = 10,
                        n_evals: int = 5, overrides: dict | None = None,
-                       sparse_options: dict | None = None) -> dict[str, Any]:
+                       sparse_options: dict | None = None,
+                       hyperparams: str = "zoo") -> dict[str, Any]:
     """Train one agent and evaluate it: ``n_evals`` deterministic evaluations spread
     over training (plus one at the start) and a final one of ``eval_episodes`` episodes.
 
     Returns ``mean_return``/``std_return`` (final evaluation), ``auc_return`` (mean of
-    the curve after the start, a sample-efficiency measure), ``best_return``, the curve
+    the curve after the start, a sample-efficiency measure), ``last10_return``
+    (:func:`last_fraction_score`), ``best_return``, the curve
     itself, wall/training seconds, and ``masks`` (the topology's metrics; ``{}`` dense).
     """
     check_sparsity(sparsity)
@@ -196,7 +215,7 @@ def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: 
                          f"{n_evals}")
     # the algorithm seeds torch, numpy and random itself (SB3's ``seed=``)
     model, eval_env = make_agent(algo, env_id, updater, sparsity, distribution, seed,
-                                 overrides, sparse_options)
+                                 overrides, sparse_options, hyperparams=hyperparams)
     rows: list = []
     callback = evaluation_callback(eval_env, max(1, timesteps // n_evals), eval_episodes, rows)
     start = time.perf_counter()
@@ -207,6 +226,7 @@ def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: 
     return {
         "mean_return": rows[-1][1], "std_return": rows[-1][2],
         "auc_return": float(np.mean(curve)), "best_return": float(max(curve)),
+        "last10_return": last_fraction_score(rows),
         "curve": [list(r) for r in rows], "wall_s": wall,
         "train_s": wall - callback.seconds, "timesteps": int(model.num_timesteps),
         "masks": {k: float(v) for k, v in metrics.items()},

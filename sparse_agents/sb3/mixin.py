@@ -628,6 +628,11 @@ class SparsePolicyMixin:
 
     # ------------------------------------------------------------------ public
     @property
+    def sparse_options(self) -> dict[str, Any]:
+        """The sparse options in effect (a copy): the user's, else the family defaults."""
+        return copy.deepcopy(self._sparse_options)
+
+    @property
     def topologies(self) -> dict[str, SparseTopology]:
         """Optimizer key (``"policy"``; SAC/TD3: ``"actor"``, ``"critic"``) ->
         topology."""

@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                "result is written atomically), failed ones are retried.")
     p.add_argument("--config", type=Path, help="YAML/TOML grid file (CLI flags override it)")
     p.add_argument("--workloads", nargs="+",
-                   help="digits | cl:<stream> (e.g. cl:split-digits) | rl:<env id> | "
-                        "rlstream:<stream> (e.g. rlstream:cartpole-physics)")
+                   help="digits | cl:<stream>[:<tasks>] (e.g. cl:split-digits, "
+                        "cl:permuted-digits:10) | rl:<env id> | rlstream:<stream> "
+                        "(e.g. rlstream:cartpole-physics)")
     p.add_argument("--distributions", nargs="+", choices=METHODS)
     p.add_argument("--sparsities", nargs="+", type=float)
     p.add_argument("--updaters", nargs="+", choices=updater_names(dense=True))

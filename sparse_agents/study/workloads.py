@@ -84,17 +84,30 @@ RL_SETTINGS = ("algo", "timesteps", "eval_episodes", "n_evals", "steps_per_task"
                "dense_input")
 
 
+def cl_stream(workload: str) -> tuple[str, int | None]:
+    """``(stream, n_tasks)`` of ``cl:<stream>`` or ``cl:<stream>:<n_tasks>`` (``None``: the
+    stream's default task count)."""
+    stream, _, count = workload.split(":", 1)[1].partition(":")
+    if not count:
+        return stream, None
+    if not count.isdigit() or int(count) < 2:
+        raise ValueError(f"workload {workload!r}: the task count after the stream must be an "
+                         f"integer >= 2, got {count!r}")
+    return stream, int(count)
+
+
 def run_cl(job: Job) -> dict:
-    """A continual-learning stream of :mod:`continual` (e.g. ``cl:split-digits``);
-    metric: average accuracy after the last task.
+    """A continual-learning stream of :mod:`continual` (e.g. ``cl:split-digits``, or
+    ``cl:permuted-digits:10`` for 10 tasks); metric: average accuracy after the last task.
 
     Setting ``task_masks`` (default true) uses per-task masks, otherwise DST on a naive
     strategy; ``sparsity_scope`` (one of ``SPARSITY_SCOPES``) says what the sparsity is of.
     """
     s = {k: v for k, v in job.settings.items() if k not in RL_SETTINGS}
-    stream = job.workload.split(":", 1)[1]
+    stream, n_tasks = cl_stream(job.workload)
     task_masks = bool(s.pop("task_masks", True)) and job.updater != DENSE
-    n_tasks = s.pop("n_tasks", None)
+    n_tasks = n_tasks if n_tasks is not None else s.pop("n_tasks", None)
+    s.pop("n_tasks", None)
     scope = s.pop("sparsity_scope", "task")
     if scope not in SPARSITY_SCOPES:
         raise ValueError(f"sparsity_scope must be one of {SPARSITY_SCOPES}, got {scope!r}")
@@ -175,9 +188,11 @@ def resolve(name: str) -> Workload:
         return NAMED[name]
     prefix = name.split(":", 1)[0]
     if ":" in name and prefix in PREFIXES and name.split(":", 1)[1]:
+        if prefix == "cl":
+            cl_stream(name)
         return PREFIXES[prefix]
     raise ValueError(
-        f"workload must be one of {sorted(NAMED)} or 'cl:<stream>' / 'rl:<env id>' / "
+        f"workload must be one of {sorted(NAMED)} or 'cl:<stream>[:<tasks>]' / 'rl:<env id>' / "
         f"'rlstream:<stream>', got {name!r}"
     )
 

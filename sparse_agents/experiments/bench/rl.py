@@ -17,8 +17,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
 
+from sparse_agents.distributions import METHODS
+from sparse_agents.experiments.hyperparams import SOURCES
 from sparse_agents.timing import sample_interleaved, time_interleaved
-from sparse_agents.updaters import updater_names
+from sparse_agents.updaters import DENSE, updater_names
 
 DEFAULT_TASKS = ("ppo:CartPole-v1:50000", "ppo:Acrobot-v1:100000", "dqn:CartPole-v1:50000")
 MUJOCO_TASK = "sac:HalfCheetah-v5:30000"
@@ -32,13 +34,17 @@ CartPole-v1 with rl-baselines3-zoo hyperparameters
 mujoco is importable. Every (task, updater, seed) run trains in its own process (a pool
 of --workers, one torch thread each) through the same code path as
 scripts/train_agent.py and evaluates the deterministic policy (--eval-episodes
-episodes) --evals times; the final evaluation is the score.
+episodes) --evals times. The score is the papers' (Graesser et al.): the mean of the last
+10% of the evaluations; the final evaluation is reported beside it. --hyperparams
+graesser runs the paper's own configuration (network, optimizer, sparse schedule) instead
+of the zoo's; --distributions erk uniform adds each sparse method under uniform density
+(rows "<updater>-uniform").
 
-Writes under --out: runs/<task>-<updater>-s<seed>/ (model, evaluations.csv,
+Writes under --out: runs/<task>-<method>-s<seed>/ (model, evaluations.csv,
 summary.json), results.csv (one row per run), summary.csv and summary.md (mean +- std
-over seeds of the final return, training wall time without evaluation, and its ratio
-to dense; forward FLOPs per observation of the trained policy and their ratio to
-dense), curves.png. Re-running retrains every run and overwrites; with --resume,
+over seeds of the score and of the final return, training wall time without evaluation,
+and its ratio to dense; forward FLOPs per observation of the trained policy and their
+ratio to dense), curves.png. Re-running retrains every run and overwrites; with --resume,
 re-running resumes: finished runs are skipped (--report only rebuilds the tables).
 --overhead writes overhead[_fused].csv/.md and --rollout rollout.md (overwritten)."""
 
@@ -46,6 +52,8 @@ EPILOG = """\
 examples:
   python scripts/bench_rl.py --out results/rl                       # full budget
   python scripts/bench_rl.py --quick --out /tmp/rl                  # smoke run
+  python scripts/bench_rl.py --hyperparams graesser --tasks dqn:CartPole-v1:100000 \
+      --evals 50 --resume --out results/rl_graesser      # Graesser et al.'s DQN CartPole
   python scripts/bench_rl.py --rollout --out results/rl             # condensed predict"""
 
 
@@ -58,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updaters", nargs="+", default=list(updaters), choices=updaters)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--distributions", nargs="+", default=["erk"], choices=METHODS,
+                   help="layer densities of the sparse runs (rows <updater>-<distribution> "
+                        "for all but erk)")
+    p.add_argument("--hyperparams", choices=tuple(SOURCES), default="zoo",
+                   help="hyperparameter table of every run (see sparse-train --help)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--evals", type=int, default=5, help="evaluations per run")
     p.add_argument("--eval-episodes", type=int, default=10)
@@ -101,7 +114,8 @@ def run_one(job: dict) -> dict:
         raise FileNotFoundError(f"--report: no finished run in {out}")
     argv = ["--algo", job["algo"], "--env", job["env"], "--updater", job["updater"],
             "--sparsity", str(job["sparsity"]), "--timesteps", str(job["timesteps"]),
-            "--seed", str(job["seed"]), "--out", str(out), "--eval-freq",
+            "--seed", str(job["seed"]), "--distribution", job["distribution"],
+            "--hyperparams", job["hyperparams"], "--out", str(out), "--eval-freq",
             str(max(1, job["timesteps"] // job["evals"])), "--eval-episodes",
             str(job["eval_episodes"]), "--no-progress", "--no-plot", "--threads", "1"]
     for hp in job.get("hp", []):
@@ -111,7 +125,7 @@ def run_one(job: dict) -> dict:
     args = train_parser().parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
         summary = run(args)
-    summary["task"] = job["task"]
+    summary["task"], summary["method"] = job["task"], job["method"]
     summary.update(saved_flops(out / "model.zip", job["algo"]))
     done.write_text(json.dumps(summary, indent=2))
     return summary
@@ -148,21 +162,34 @@ def saved_flops(path: Path, algo: str) -> dict:
     return {"flops_forward": sparse, "flops_ratio": sparse / dense if dense else math.nan}
 
 
+def method_name(updater: str, distribution: str) -> str:
+    """A row's name: the updater, with the distribution unless it is ERK (or dense)."""
+    return updater if updater == DENSE or distribution == "erk" else f"{updater}-{distribution}"
+
+
+def methods(args) -> list[tuple[str, str]]:
+    """(updater, distribution) of every row, dense once."""
+    return list(dict.fromkeys((u, "erk" if u == DENSE else d)
+                              for d in args.distributions for u in args.updaters))
+
+
 def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
-    """One job per (task, seed, updater), in that order."""
+    """One job per (task, seed, method), in that order."""
     jobs = []
     for spec in tasks:
         algo, env, steps = spec.split(":")
         steps = max(1000, int(int(float(steps)) * args.scale))
         task = f"{algo}-{env}"
         for seed in range(args.seeds):
-            for updater in args.updaters:
+            for updater, distribution in methods(args):
+                method = method_name(updater, distribution)
                 jobs.append(dict(task=task, algo=algo, env=env, timesteps=steps, seed=seed,
-                                 updater=updater, sparsity=args.sparsity,
+                                 updater=updater, distribution=distribution, method=method,
+                                 sparsity=args.sparsity, hyperparams=args.hyperparams,
                                  evals=args.evals, eval_episodes=args.eval_episodes,
                                  hp=args.hp, resume=args.resume,
                                  fused_adam=args.fused_adam, report=args.report,
-                                 out=str(root / "runs" / f"{task}-{updater}-s{seed}")))
+                                 out=str(root / "runs" / f"{task}-{method}-s{seed}")))
     return jobs
 
 
@@ -176,13 +203,13 @@ def run_jobs(jobs: list[dict], workers: int, start: float) -> list[dict]:
         for fut in as_completed(futures):
             job = futures[fut]
             summary = fut.result()
-            summary["seed"], summary["task"] = job["seed"], job["task"]
+            summary.update(seed=job["seed"], task=job["task"], method=job["method"])
             rows.append(summary)
-            print(f"[{time.perf_counter() - start:6.0f}s] {job['task']} {job['updater']:6s} "
+            print(f"[{time.perf_counter() - start:6.0f}s] {job['task']} {job['method']:6s} "
                   f"s{job['seed']}: return {summary['final_mean']:7.1f}, "
                   f"train {summary['train_s']:.1f}s", flush=True)
-    order = {(j["task"], j["updater"], j["seed"]): i for i, j in enumerate(jobs)}
-    rows.sort(key=lambda r: order[(r["task"], r["updater"], r["seed"])])
+    order = {(j["task"], j["method"], j["seed"]): i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["task"], r["method"], r["seed"])])
     return rows
 
 
@@ -313,22 +340,28 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / n)
 
 
-def summarise(rows: list[dict], updaters: list[str]) -> list[dict]:
-    """Per (task, updater): mean +- std over seeds, and the ratios to dense."""
+def score(run: dict) -> float:
+    """A run's score: the mean of its last 10% of evaluations (older runs: the final)."""
+    return run.get("last10_mean", run["final_mean"])
+
+
+def summarise(rows: list[dict], names: list[str]) -> list[dict]:
+    """Per (task, method): mean +- std over seeds, and the ratios to dense."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
-        dense = [r for r in rows if r["task"] == task and r["updater"] == "dense"]
-        dense_ret, _ = _mean_std([r["final_mean"] for r in dense])
+        dense = [r for r in rows if r["task"] == task and r["method"] == DENSE]
+        dense_ret, _ = _mean_std([score(r) for r in dense])
         dense_t, _ = _mean_std([r["train_s"] for r in dense])
-        for updater in updaters:
-            runs = [r for r in rows if r["task"] == task and r["updater"] == updater]
+        for name in names:
+            runs = [r for r in rows if r["task"] == task and r["method"] == name]
             if not runs:
                 continue
-            ret, ret_sd = _mean_std([r["final_mean"] for r in runs])
+            ret, ret_sd = _mean_std([score(r) for r in runs])
             t, t_sd = _mean_std([r["train_s"] for r in runs])
             out.append({
-                "task": task, "updater": updater, "seeds": len(runs),
-                "final_return": ret, "final_return_std": ret_sd,
+                "task": task, "method": name, "seeds": len(runs),
+                "score": ret, "score_std": ret_sd,
+                "final_return": _mean_std([r["final_mean"] for r in runs])[0],
                 "best_return": _mean_std([r["best_mean"] for r in runs])[0],
                 # signed gap, as a fraction of |dense|: > 0 better, -0.1 = 10% worse
                 "vs_dense": (ret - dense_ret) / abs(dense_ret) if dense and dense_ret
@@ -346,23 +379,25 @@ def summarise(rows: list[dict], updaters: list[str]) -> list[dict]:
 
 def markdown(summary: list[dict], sparsity: float) -> str:
     lines = [
-        "| task | updater | final return (mean ± std) | Δ vs dense | best eval | "
+        "| task | method | score (mean ± std) | Δ vs dense | final eval | best eval | "
         "train time s | time vs dense | density | updates | FLOPs/obs (× dense) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         flops = s.get("flops_forward", math.nan)
         flops_cell = (f"{flops:,.0f} ({s['flops_ratio']:.3f})" if math.isfinite(flops)
                       else "–")
         lines.append(
-            f"| {s['task']} | {s['updater']} | {s['final_return']:.1f} ± "
-            f"{s['final_return_std']:.1f} | {s['vs_dense']:+.0%} | {s['best_return']:.1f} | "
+            f"| {s['task']} | {s['method']} | {s['score']:.1f} ± {s['score_std']:.1f} | "
+            f"{s['vs_dense']:+.0%} | {s['final_return']:.1f} | {s['best_return']:.1f} | "
             f"{s['train_s']:.1f} ± {s['train_s_std']:.1f} | {s['time_vs_dense']:.3f} | "
             f"{s['density']:.3f} | {s['updates']:.0f} | {flops_cell} |")
     lines.append("")
-    lines.append(f"Sparse rows at {sparsity:.0%} sparsity (ERK). `final return`: deterministic "
-                 "evaluation at the end of training, mean ± std over seeds; `Δ vs dense`: "
-                 "(sparse − dense) / |dense| of those means (negative: worse); `best eval`: "
+    lines.append(f"Sparse rows at {sparsity:.0%} sparsity (ERK unless the row names another "
+                 "distribution). `score`: mean of each run's last 10% of deterministic "
+                 "evaluations (Graesser et al.), mean ± std over seeds; `Δ vs dense`: "
+                 "(sparse − dense) / |dense| of those means (negative: worse); `final "
+                 "eval`: the evaluation at the end, mean over seeds; `best eval`: "
                  "mean over seeds of each run's best evaluation; `train time`: "
                  "wall time of `learn()` minus evaluation; `FLOPs/obs`: forward FLOPs per "
                  "observation of the trained policy (`sparse_agents.flops`: active weights "
@@ -371,15 +406,15 @@ def markdown(summary: list[dict], sparsity: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _curves(rows: list[dict], root: Path, task: str, updater: str):
-    """Evaluation curves of every seed of (task, updater): timesteps and returns."""
+def _curves(rows: list[dict], root: Path, task: str, method: str):
+    """Evaluation curves of every seed of (task, method): timesteps and returns."""
     import numpy as np
 
     curves = []
     for r in rows:
-        if r["task"] != task or r["updater"] != updater:
+        if r["task"] != task or r["method"] != method:
             continue
-        path = root / "runs" / f"{task}-{updater}-s{r['seed']}" / "evaluations.csv"
+        path = root / "runs" / f"{task}-{method}-s{r['seed']}" / "evaluations.csv"
         with open(path) as fh:
             curves.append([(float(a), float(b)) for a, b, _ in list(csv.reader(fh))[1:]])
     n = min(len(c) for c in curves)
@@ -397,9 +432,9 @@ def plot(rows: list[dict], out: Path, root: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for updater in dict.fromkeys(r["updater"] for r in rows if r["task"] == task):
-            t, y = _curves(rows, root, task, updater)
-            ax.plot(t.mean(0), y.mean(0), label=updater)
+        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
+            t, y = _curves(rows, root, task, method)
+            ax.plot(t.mean(0), y.mean(0), label=method)
             ax.fill_between(t.mean(0), y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.15)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("timesteps")
@@ -418,21 +453,23 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) ->
         writer.writerows(rows)
 
 
-RESULT_FIELDS = ["task", "algo", "env", "updater", "sparsity", "seed", "timesteps",
-                 "final_mean", "final_std", "best_mean", "train_s", "eval_s", "wall_s",
+RESULT_FIELDS = ["task", "algo", "env", "method", "updater", "distribution", "sparsity",
+                 "seed", "timesteps", "last10_mean", "final_mean", "final_std", "best_mean",
+                 "train_s", "eval_s", "wall_s",
                  "density", "updates", "itop", "flops_forward", "flops_ratio"]
 
 
 def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: float) -> str:
     """results.csv, summary.csv, summary.md and curves.png under ``root``; the markdown."""
     _write_csv(root / "results.csv", rows, RESULT_FIELDS)
-    summary = summarise(rows, args.updaters)
+    summary = summarise(rows, [method_name(u, d) for u, d in methods(args)])
     _write_csv(root / "summary.csv", summary)
     md = markdown(summary, args.sparsity)
     budgets = ", ".join(f"{j['task']} {j['timesteps']} steps" for j in
                         {j["task"]: j for j in jobs}.values())
     md += (f"\nBudgets: {budgets}; {args.seeds} seeds; {args.workers} workers; "
-           f"{'Adam(fused=True)' if args.fused_adam else 'SB3 default optimizers'}"
+           f"{'Adam(fused=True)' if args.fused_adam else 'SB3 default optimizers'}; "
+           f"hyperparameters: {args.hyperparams}"
            + ("" if args.report else f"; total wall {time.perf_counter() - start:.0f} s")
            + ".\n")
     (root / "summary.md").write_text(md)

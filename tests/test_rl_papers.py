@@ -1,0 +1,88 @@
+"""Paper hyperparameter tables (Graesser et al.'s DQN CartPole), their score (the mean of
+the last 10% of evaluations) and the RL benchmark's methods (updater x distribution)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparse_agents.experiments.bench import rl as bench_rl
+from sparse_agents.experiments.hyperparams import GRAESSER, hyperparameters
+from sparse_agents.experiments.rl import last_fraction_score, make_agent
+
+
+def test_last_fraction_score_averages_the_last_tenth_of_evaluations():
+    rows = [(t, float(t), 0.0) for t in range(21)]  # 21 evaluations: the last 2 count
+    assert last_fraction_score(rows) == pytest.approx(19.5)
+    assert last_fraction_score(rows[:5]) == 4.0  # fewer than 10: the last one
+    assert last_fraction_score(rows, fraction=1.0) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="fraction"):
+        last_fraction_score(rows, fraction=0.0)
+
+
+def test_graesser_dqn_cartpole_is_the_papers_configuration():
+    model, _ = make_agent("dqn", "CartPole-v1", "rigl", 0.9, hyperparams="graesser")
+    assert model.learning_rate == 1e-3 and model.batch_size == 128
+    assert model.target_update_interval == 100 and model.train_freq.frequency == 1
+    assert model.exploration_initial_eps == model.exploration_final_eps == 0.01
+    assert model.policy.net_arch == [512, 512]
+    opts = model.policy.sparse_options
+    assert (opts["delta_t"], opts["drop_fraction"], opts["t_end_fraction"]) == (1000, 0.1, 0.75)
+    assert opts["schedule"] == "cosine" and opts["distribution"] == "erk"
+
+
+def test_dense_agent_drops_the_tables_sparse_schedule_but_overrides_still_fail():
+    model, _ = make_agent("dqn", "CartPole-v1", "dense", hyperparams="graesser")
+    assert model.policy.net_arch == [512, 512] and not hasattr(model.policy, "sparse_options")
+    with pytest.raises(ValueError, match="sparse options"):
+        make_agent("dqn", "CartPole-v1", "dense", overrides={"delta_t": 10})
+
+
+def test_explicit_sparse_options_beat_the_tables_schedule():
+    model, _ = make_agent("dqn", "CartPole-v1", "set", 0.9, sparse_options={"delta_t": 250},
+                          hyperparams="graesser")
+    assert model.policy.sparse_options["delta_t"] == 250
+
+
+def test_unknown_source_or_task_names_the_parameter():
+    with pytest.raises(ValueError, match="hyperparams must be one of"):
+        hyperparameters("dqn", "CartPole-v1", "nope")
+    with pytest.raises(ValueError, match="no entry for sac on Pendulum-v1"):
+        hyperparameters("sac", "Pendulum-v1", "graesser")
+    assert hyperparameters("sac", "Pendulum-v1") == {"learning_rate": 1e-3}  # zoo
+    assert ("ppo", "HalfCheetah-v5") in GRAESSER
+
+
+def test_bench_rows_are_methods_dense_once_and_score_is_last_tenth(tmp_path):
+    args = bench_rl.build_parser().parse_args(
+        ["--updaters", "dense", "set", "--distributions", "erk", "uniform"])
+    assert bench_rl.methods(args) == [("dense", "erk"), ("set", "erk"), ("set", "uniform")]
+    jobs = bench_rl.make_jobs(args, ["dqn:CartPole-v1:1000"], tmp_path)
+    assert [j["method"] for j in jobs[:3]] == ["dense", "set", "set-uniform"]
+    assert Path(jobs[2]["out"]).name == "dqn-CartPole-v1-set-uniform-s0"
+    rows = [dict(task="t", method=m, seed=s, final_mean=f, last10_mean=l, best_mean=f,
+                 train_s=1.0, density=1.0, updates=0)
+            for m, s, f, l in [("dense", 0, 100, 200), ("dense", 1, 100, 100),
+                               ("set", 0, 50, 75), ("set", 1, 50, 75)]]
+    table = {r["method"]: r for r in bench_rl.summarise(rows, ["dense", "set"])}
+    assert table["dense"]["score"] == 150 and table["set"]["score"] == 75
+    assert table["set"]["vs_dense"] == pytest.approx(-0.5)
+    assert table["set"]["final_return"] == 50
+
+
+def test_bench_run_writes_the_score_and_resumes(tmp_path):
+    argv = ["--hyperparams", "graesser", "--tasks", "dqn:CartPole-v1:1000", "--updaters",
+            "dense", "rigl", "--distributions", "uniform", "--seeds", "1", "--workers", "1",
+            "--evals", "10", "--eval-episodes", "1", "--hp", "net_arch=[8,8]",
+            "--hp", "learning_starts=100", "--out", str(tmp_path), "--resume"]
+    assert bench_rl.main(argv) == 0
+    run = tmp_path / "runs" / "dqn-CartPole-v1-rigl-uniform-s0"
+    summary = json.loads((run / "summary.json").read_text())
+    evals = [float(line.split(",")[1]) for line in
+             (run / "evaluations.csv").read_text().splitlines()[1:]]
+    assert summary["last10_mean"] == pytest.approx(evals[-1])  # 11 evaluations: the last
+    assert summary["distribution"] == "uniform" and summary["hyperparams"] == "graesser"
+    assert "| rigl-uniform |" in (tmp_path / "summary.md").read_text()
+    stamp = (run / "model.zip").stat().st_mtime_ns
+    assert bench_rl.main(argv) == 0  # resumed: nothing retrained
+    assert (run / "model.zip").stat().st_mtime_ns == stamp
