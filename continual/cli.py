@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-tasks", type=int, default=None)
     p.add_argument("--out", default=None, help="output folder (CSV, JSON, PNG)")
     p.add_argument("--engine", default="avalanche", choices=ENGINES)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--hidden", type=int, default=256, help="mlp/cnn hidden width")
@@ -93,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console()
-    kw = dict(engine=args.engine, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden,
-              optimizer=args.optimizer, weight_decay=args.weight_decay, transfer=args.transfer,
-              overflow=args.overflow,
+    kw = dict(engine=args.engine, device=args.device, lr=args.lr, batch_size=args.batch_size,
+              hidden=args.hidden, optimizer=args.optimizer, weight_decay=args.weight_decay,
+              transfer=args.transfer, overflow=args.overflow,
               ewc_lambda=args.ewc_lambda, mem_size=args.mem_size, data_root=args.data_root,
               max_train_per_task=args.max_train_per_task)
     if args.backbone is not None:

@@ -183,23 +183,25 @@ def _mask_metrics(source: TaskMasks | SparseTopology | None) -> dict[str, float]
 # ---------------------------------------------------------------------- torch engine
 @torch.no_grad()
 def _accuracy(model: nn.Module, task: TaskData, multi_head: bool, batch: int = 2048) -> float:
+    """Top-1 accuracy on ``task``'s test data, on the model's device."""
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(task.y_test), batch):
-        x = task.x_test[i:i + batch]
+        x = task.x_test[i:i + batch].to(device)
         out = model(x, task.task_label) if multi_head else model(x)
-        correct += int((out.argmax(1) == task.y_test[i:i + batch]).sum())
+        correct += int((out.argmax(1).cpu() == task.y_test[i:i + batch]).sum())
     return correct / max(1, len(task.y_test))
 
 
 def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution: str,
                task_masks: bool, epochs: int, seed: int, batch_size: int, hidden: int,
                backbone: str | None, width: float, opt_args: dict, dst: dict,
-               transfer: bool, overflow: str,
-               progress: Progress | None) -> tuple[np.ndarray, dict, np.ndarray]:
+               transfer: bool, overflow: str, progress: Progress | None,
+               device: str) -> tuple[np.ndarray, dict, np.ndarray]:
     """``R``, mask metrics and ``nxt``: ``nxt[j]`` the accuracy on task ``j`` just before
     training it (after task ``j - 1``; NaN for ``j = 0``)."""
     torch.manual_seed(seed)
-    model = build_model(data, backbone, hidden, width)
+    model = build_model(data, backbone, hidden, width).to(device)
     multi = data.task_incremental
     dense_heads = [HEADS] if multi else [r"head"]
     tm: TaskMasks | None = None
@@ -230,7 +232,7 @@ def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution:
             order = torch.randperm(n, generator=gen)
             for s in range(0, n, batch_size):
                 idx = order[s:s + batch_size]
-                x, y = task.x_train[idx], task.y_train[idx]
+                x, y = task.x_train[idx].to(device), task.y_train[idx].to(device)
                 out = model(x, task.task_label) if multi else model(x)
                 loss = nn.functional.cross_entropy(out, y)
                 opt.zero_grad(set_to_none=True)
@@ -360,8 +362,9 @@ def _progress_plugin(progress: Progress, total: int, n_tasks: int):
 
 
 def _avalanche_strategy(strategy: str, model: nn.Module, opt: torch.optim.Optimizer,
-                        plugins: list, epochs: int, batch_size: int, kw: dict):
-    """Avalanche's ``Naive`` (naive, packnet), ``EWC`` or ``Replay`` on CPU, with an
+                        plugins: list, epochs: int, batch_size: int, kw: dict,
+                        device: str = "cpu"):
+    """Avalanche's ``Naive`` (naive, packnet), ``EWC`` or ``Replay`` on ``device``, with an
     ``EvaluationPlugin`` of accuracy and forgetting (no loggers)."""
     from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
     from avalanche.training import EWC, Naive, Replay
@@ -374,7 +377,7 @@ def _avalanche_strategy(strategy: str, model: nn.Module, opt: torch.optim.Optimi
                                      loggers=[])
     common = dict(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(),
                   train_mb_size=batch_size, train_epochs=epochs, eval_mb_size=EVAL_BATCH,
-                  device="cpu", plugins=plugins, evaluator=evaluator)
+                  device=device, plugins=plugins, evaluator=evaluator)
     if strategy == "ewc":
         return EWC(ewc_lambda=float(kw["ewc_lambda"]), **common)
     if strategy == "replay":
@@ -390,11 +393,13 @@ def _avalanche_accuracy(model: nn.Module, task: TaskData) -> float:
     from avalanche.models.utils import avalanche_forward
 
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(task.y_test), EVAL_BATCH):
-        x, y = task.x_test[i:i + EVAL_BATCH], task.y_test[i:i + EVAL_BATCH]
-        labels = torch.full((len(y),), task.task_label, dtype=torch.long)
-        correct += int((torch.max(avalanche_forward(model, x, labels), 1)[1] == y).sum())
+        x, y = task.x_test[i:i + EVAL_BATCH].to(device), task.y_test[i:i + EVAL_BATCH]
+        labels = torch.full((len(y),), task.task_label, dtype=torch.long, device=device)
+        pred = torch.max(avalanche_forward(model, x, labels), 1)[1].cpu()
+        correct += int((pred == y).sum())
     return correct / max(1, len(task.y_test))
 
 
@@ -455,7 +460,7 @@ def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: f
                    distribution: str, task_masks: bool, epochs: int, seed: int,
                    batch_size: int, hidden: int, backbone: str | None, width: float,
                    opt_args: dict, dst: dict, transfer: bool, overflow: str,
-                   progress: Progress | None,
+                   progress: Progress | None, device: str,
                    kw: dict) -> tuple[np.ndarray, dict, np.ndarray, list[float], dict]:
     """``R``, mask metrics, ``nxt`` (as :func:`_run_torch`), the baseline (the engine's
     own untrained model per task, with the head each task's training starts from) and
@@ -478,7 +483,8 @@ def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: f
     if progress is not None:
         total = sum(epochs * math.ceil(len(t.y_train) / batch_size) for t in data.tasks)
         plugins.append(_progress_plugin(progress, total, data.n_tasks))
-    strat = _avalanche_strategy(strategy, model, opt, plugins, epochs, batch_size, kw)
+    strat = _avalanche_strategy(strategy, model, opt, plugins, epochs, batch_size, kw,
+                                device)
     # Replay's storage policy calls a method Avalanche 0.6 itself deprecates, and its
     # decorator resets the warning filters: record, drop that one, re-emit the others
     with warnings.catch_warnings(record=True) as caught:
@@ -526,7 +532,8 @@ def run_experiment(
         seed: seeds data split, model, masks and mini-batch order.
         n_tasks: tasks in the stream (default per stream, e.g. 5).
         out: folder for ``accuracy_matrix.csv``, ``summary.json`` and ``heatmap.png``.
-        kw: ``engine`` (auto/torch/avalanche), ``lr`` (1e-3), ``batch_size`` (32),
+        kw: ``engine`` (auto/torch/avalanche), ``device`` ("cpu"; e.g. "cuda"),
+            ``lr`` (1e-3), ``batch_size`` (32),
             ``backbone`` (a :data:`continual.backbones.BACKBONES` name; default ``mlp``
             for flat inputs, ``cnn`` for images), ``width`` (1.0, the channel multiplier
             of ``mobilenetv2``/``slimresnet18``), ``hidden`` (256), ``optimizer``
@@ -554,6 +561,7 @@ def run_experiment(
     kw = dict(kw)
     sparsity = check_sparsity(sparsity)
     engine = kw.pop("engine", "auto")
+    device = str(kw.pop("device", "cpu"))
     progress = kw.pop("progress", None)
     batch_size = int(kw.pop("batch_size", 32))
     hidden = int(kw.pop("hidden", 256))
@@ -592,7 +600,7 @@ def run_experiment(
                   task_masks=task_masks, epochs=int(epochs), seed=int(seed),
                   batch_size=batch_size, hidden=hidden, backbone=backbone, width=width,
                   opt_args=opt_args, dst=dst, transfer=transfer, overflow=overflow,
-                  progress=progress)
+                  progress=progress, device=device)
     extra: dict = {}
     if engine == "torch":
         baseline = random_init_accuracies(data, backbone, hidden, width, int(seed))
@@ -614,7 +622,7 @@ def run_experiment(
         "updater": "packnet" if strategy == "packnet" else updater,
         "sparsity": sparsity, "distribution": distribution, "task_masks": task_masks,
         "transfer": bool(transfer), "overflow": overflow, "epochs": int(epochs), "seed": int(seed),
-        "n_tasks": data.n_tasks, "engine": engine,
+        "n_tasks": data.n_tasks, "engine": engine, "device": device,
         "backbone": backbone or backbones.default_backbone(data.input_shape),
         "width": width, **dst, **extra,
         "wall_time": time.perf_counter() - start,

@@ -315,3 +315,15 @@ def test_same_seed_same_masks_on_cpu_and_device(updater):
     assert any(not torch.equal(cpu_masks[0][n], cpu_masks[-1][n]) for n in cpu_masks[0])
     for layer in dev_topo.layers:
         assert layer.mask.device.type == torch.device(DEVICE).type
+
+
+@pytest.mark.parametrize("engine", ["torch", "avalanche"])
+def test_cl_experiment_on_device_matches_its_invariants(engine):
+    from continual.experiment import run_experiment
+
+    out = run_experiment("split-digits", updater="rigl", sparsity=0.8, epochs=1, seed=0,
+                         n_tasks=3, engine=engine, device=DEVICE, backbone="cnn",
+                         max_train_per_task=64)
+    assert out["device"] == DEVICE and out["forgetting"] == 0.0  # earlier tasks frozen
+    assert out["fwt"] is not None and all(v is not None for v in out["next_task_accuracies"][1:])
+    assert 0.0 <= out["avg_accuracy"] <= 1.0

@@ -26,9 +26,21 @@ def test_graesser_dqn_cartpole_is_the_papers_configuration():
     assert model.target_update_interval == 100 and model.train_freq.frequency == 1
     assert model.exploration_initial_eps == model.exploration_final_eps == 0.01
     assert model.policy.net_arch == [512, 512]
+    assert model.policy.optimizer.defaults["weight_decay"] == 2e-6
     opts = model.policy.sparse_options
-    assert (opts["delta_t"], opts["drop_fraction"], opts["t_end_fraction"]) == (1000, 0.1, 0.75)
+    assert (opts["delta_t"], opts["drop_fraction"], opts["t_end_fraction"]) == (1000, 0.5, 0.75)
     assert opts["schedule"] == "cosine" and opts["distribution"] == "erk"
+
+
+def test_graesser_ppo_halfcheetah_updates_every_250_training_steps():
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    model, _ = make_agent("ppo", "HalfCheetah-v5", "set", 0.9, hyperparams="graesser")
+    assert (model.n_steps, model.batch_size, model.n_epochs) == (2048, 64, 10)
+    assert isinstance(model.get_env(), VecNormalize) and model.max_grad_norm == 0.5
+    opts = model.policy.sparse_options
+    assert (opts["delta_t"], opts["drop_fraction"]) == (250, 0.3)
+    assert opts["t_end_fraction"] == pytest.approx(0.767, abs=1e-3)
 
 
 def test_dense_agent_drops_the_tables_sparse_schedule_but_overrides_still_fail():

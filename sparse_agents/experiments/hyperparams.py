@@ -41,23 +41,28 @@ HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 #: Graesser, Evci, Elsen, Castro, "The State of Sparse Training in Deep RL" (ICML 2022),
-#: from google-research/rigl ``rigl/rl/tfagents/configs/{dqn_gym,ppo_mujoco}_*.gin`` and the
-#: ``train_eval`` defaults of ``dqn_train_eval.py``/``ppo_train_eval.py``: the sparse
-#: schedule (update every 1000 training steps, drop fraction 0.1 with cosine decay, last
-#: update at 75% of training; ERK, output layer sparse) is part of each entry. What SB3
-#: cannot express is listed in docs/rl.md (TF-Agents' squared TD loss, He/orthogonal inits).
+#: from google-research/rigl ``rigl/rl/tfagents/configs/{dqn_gym,ppo_mujoco}_*.gin`` at
+#: its newest commit (ce92eab, 2022-08-10) and the ``train_eval`` defaults of
+#: ``dqn_train_eval.py``/``ppo_train_eval.py``. The sparse schedule is part of each entry
+#: (DQN: update every 1000 training steps, drop fraction 0.5, cosine, last update at 75%;
+#: PPO: every 250, drop 0.3, last at 120000 of 156480 steps; ERK, output layers sparse).
+#: Keras' L2(1e-6) on DQN's kernels is Adam's weight_decay 2e-6. What SB3 cannot express
+#: is listed in docs/rl.md (the squared TD loss, He/orthogonal inits, PPO's sparse-only
+#: L2 1e-4).
 GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
     ("dqn", "CartPole-v1"): dict(net_arch=[512, 512], learning_rate=1e-3, batch_size=128,
                                  buffer_size=100_000, learning_starts=1000, gamma=0.99,
                                  target_update_interval=100, train_freq=1, gradient_steps=1,
                                  exploration_initial_eps=0.01, exploration_final_eps=0.01,
-                                 delta_t=1000, drop_fraction=0.1, t_end_fraction=0.75,
+                                 optimizer_kwargs={"weight_decay": 2e-6},
+                                 delta_t=1000, drop_fraction=0.5, t_end_fraction=0.75,
                                  schedule="cosine"),
     ("ppo", "HalfCheetah-v5"): dict(normalize=True, n_envs=1, n_steps=2048, batch_size=64,
                                     n_epochs=10, learning_rate="lin_3e-4", clip_range=0.2,
                                     gae_lambda=0.95, gamma=0.99, ent_coef=0.0, vf_coef=0.5,
-                                    max_grad_norm=0.5, delta_t=1000, drop_fraction=0.1,
-                                    t_end_fraction=0.75, schedule="cosine"),
+                                    max_grad_norm=0.5, optimizer_kwargs={"weight_decay": 1e-6},
+                                    delta_t=250, drop_fraction=0.3,
+                                    t_end_fraction=120_000 / 156_480, schedule="cosine"),
 }
 #: hyperparameter sources by name
 SOURCES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"zoo": HYPERPARAMS,

@@ -40,8 +40,14 @@ must be exactly 0). With --out, writes results.json and table.md there; re-runni
 reruns every run and overwrites them."""
 
 EPILOG = """\
+--step-cost times one optimizer step (forward, backward, Adam, task-mask hooks) of each
+--backbones model on a CIFAR-sized batch (--input-shape, --batch-size) on --device, and
+prints the hours one run of the CIFAR-100 study takes at that rate (the study's cost in
+docs/study.md comes from it).
+
 examples:
   python scripts/bench_cl.py                       # the full table (~3 min, 2 cores)
+  python scripts/bench_cl.py --step-cost --backbones mobilenetv2 resnet18 --device cuda
   python scripts/bench_cl.py --seeds 0 --sparsities 0.9 --out runs/bench_cl"""
 
 
@@ -57,7 +63,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None,
                    help="folder for results.json and table.md (overwritten)")
+    p.add_argument("--step-cost", action="store_true",
+                   help="only time a training step per backbone (see below)")
+    p.add_argument("--backbones", nargs="+", default=["mobilenetv2", "resnet18"])
+    p.add_argument("--input-shape", nargs=3, type=int, default=[3, 32, 32])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps-per-run", type=int, default=10 * 20 * math.ceil(5000 / 64),
+                   help="optimizer steps of one run (default: CIFAR-100 as 10 tasks of "
+                        "5000 images, 20 epochs, batch 64)")
     return p
+
+
+def step_cost(name: str, shape: tuple[int, int, int], batch: int, device: str,
+              steps: int = 5) -> float:
+    """Median seconds of one training step of backbone ``name`` with a 10-way head under
+    task masks (90% sparsity, RigL) on ``device``."""
+    from torch import nn
+
+    from continual.backbones import build_backbone
+    from sparse_agents.task_masks import TaskMasks
+
+    body, features = build_backbone(name, shape)
+    model = nn.Sequential(body, nn.Linear(features, 10)).to(device)
+    tm = TaskMasks(model, 0.9, "rigl", n_tasks=10, dense_layers=["1"], delta_t=2)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    tm.start_task(0, opt)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))  # the first step warms up
+
+
+def main_step_cost(args) -> int:
+    """``--step-cost``: seconds per step and hours per run, per backbone."""
+    shape = tuple(args.input_shape)
+    print(f"| backbone | s/step ({args.device}, batch {args.batch_size}, {args.threads} "
+          f"threads) | h per run ({args.steps_per_run} steps) |\n|---|---|---|")
+    for name in args.backbones:
+        sec = step_cost(name, shape, args.batch_size, args.device)
+        print(f"| {name} | {sec:.3f} | {sec * args.steps_per_run / 3600:.1f} |", flush=True)
+    return 0
 
 
 class ModelProbe:
@@ -215,6 +270,8 @@ def report(rows: list[dict], start: float, out: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.step_cost:
+        return main_step_cost(args)
     start = time.perf_counter()
     rows = run_all(args)
     report(rows, start, args.out)

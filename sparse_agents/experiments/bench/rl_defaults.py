@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from sparse_agents.cli.train_agent import main as train
+from sparse_agents.experiments.rl import last_fraction_score
 
 #: keep the first layer of the policy and value MLPs dense (config D)
 DENSE_INPUT = r"dense_layers=['mlp_extractor\\.policy_net\\.0','mlp_extractor\\.value_net\\.0']"
@@ -59,14 +60,13 @@ def run_missing(out: Path, configs: list[str], seeds: list[int], timesteps: int,
 
 
 def score(folder: Path) -> dict[str, float]:
-    """Final evaluation return, mean return of the evaluations in the last 10% of
-    training, and the final density of one run."""
-    rows = [(int(r["timesteps"]), float(r["mean"]))
+    """Final evaluation return, the mean of the last 10% of the evaluations
+    (:func:`~sparse_agents.experiments.rl.last_fraction_score`), and the final density of
+    one run."""
+    rows = [(int(r["timesteps"]), float(r["mean"]), float(r["std"]))
             for r in csv.DictReader(open(folder / "evaluations.csv"))]
-    total = max(t for t, _ in rows)
-    last = [m for t, m in rows if t > 0 and t >= 0.9 * total]
     summary = json.loads((folder / "summary.json").read_text())
-    return {"final": rows[-1][1], "last10": sum(last) / len(last),
+    return {"final": rows[-1][1], "last10": last_fraction_score(rows),
             "density": float(summary["density"])}
 
 
