@@ -98,3 +98,19 @@ def test_bench_run_writes_the_score_and_resumes(tmp_path):
     stamp = (run / "model.zip").stat().st_mtime_ns
     assert bench_rl.main(argv) == 0  # resumed: nothing retrained
     assert (run / "model.zip").stat().st_mtime_ns == stamp
+
+
+def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width():
+    args = bench_rl.build_parser().parse_args(
+        ["--equal-params", "32", "--updaters", "dense", "rigl"])
+    rows = {v["method"]: v for v in bench_rl.variants(args, "ppo", "CartPole-v1")}
+    assert list(rows) == ["dense-w32", "dense-w64", "rigl-w64", "dense-w128", "rigl-w128"]
+    budget = rows["dense-w32"]["masked_total"]
+    for name in ("rigl-w64", "rigl-w128"):
+        row = rows[name]
+        width = int(name.rsplit("-w", 1)[1])
+        model, _ = make_agent("ppo", "CartPole-v1", "rigl", row["sparsity"],
+                              overrides={"net_arch": [width, width]})
+        active = sum(int(m.sum()) for t in model.policy.topologies.values()
+                     for m in t.masks.values())
+        assert row["masked_total"] > budget and abs(active - budget) <= 0.01 * budget, name

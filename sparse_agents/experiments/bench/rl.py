@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "for all but erk)")
     p.add_argument("--hyperparams", choices=tuple(SOURCES), default="zoo",
                    help="hyperparameter table of every run (see sparse-train --help)")
+    p.add_argument("--equal-params", type=int, default=None, metavar="W",
+                   help="equal parameter count: dense at hidden width W, 2W, 4W, each "
+                        "sparse method at 2W and 4W with dense W's nonzero weights "
+                        "(rows <method>-w<width>; equal_params.png)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--evals", type=int, default=5, help="evaluations per run")
     p.add_argument("--eval-episodes", type=int, default=10)
@@ -173,6 +177,47 @@ def methods(args) -> list[tuple[str, str]]:
                               for d in args.distributions for u in args.updaters))
 
 
+def masked_weights(algo: str, env: str, width: int, hyperparams: str = "zoo") -> int:
+    """Weights in the layers a sparse ``algo`` policy with hidden layers ``[width,
+    width]`` masks (what its sparsity is of)."""
+    from sparse_agents.experiments.rl import make_agent
+
+    model, _ = make_agent(algo, env, "static", 0.5, overrides={"net_arch": [width, width]},
+                          hyperparams=hyperparams)
+    return sum(int(m.numel()) for topo in model.policy.topologies.values()
+               for m in topo.masks.values())
+
+
+def equal_param_variants(args, algo: str, env: str) -> list[dict]:
+    """``--equal-params W``: dense at widths W, 2W, 4W; each sparse method at 2W and 4W
+    with the nonzero weights of dense at W (``sparsity = 1 - n(W) / n(kW)``)."""
+    base = args.equal_params
+    budget = masked_weights(algo, env, base, args.hyperparams)
+    out = []
+    for k in (1, 2, 4):
+        width = k * base
+        total = masked_weights(algo, env, width, args.hyperparams)
+        hp = [f"net_arch=[{width}, {width}]"]
+        out.append(dict(updater=DENSE, distribution="erk", sparsity=0.0, extra_hp=hp,
+                        method=f"dense-w{width}", masked_total=total))
+        if k == 1:
+            continue
+        for updater, distribution in methods(args):
+            if updater != DENSE:
+                out.append(dict(updater=updater, distribution=distribution, extra_hp=hp,
+                                sparsity=round(1.0 - budget / total, 6), masked_total=total,
+                                method=f"{method_name(updater, distribution)}-w{width}"))
+    return out
+
+
+def variants(args, algo: str, env: str) -> list[dict]:
+    """The rows of one task: (updater, distribution, sparsity, extra --hp, method name)."""
+    if args.equal_params:
+        return equal_param_variants(args, algo, env)
+    return [dict(updater=u, distribution=d, sparsity=args.sparsity, extra_hp=[],
+                 method=method_name(u, d)) for u, d in methods(args)]
+
+
 def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
     """One job per (task, seed, method), in that order."""
     jobs = []
@@ -180,16 +225,18 @@ def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
         algo, env, steps = spec.split(":")
         steps = max(1000, int(int(float(steps)) * args.scale))
         task = f"{algo}-{env}"
+        rows = variants(args, algo, env)
         for seed in range(args.seeds):
-            for updater, distribution in methods(args):
-                method = method_name(updater, distribution)
+            for v in rows:
                 jobs.append(dict(task=task, algo=algo, env=env, timesteps=steps, seed=seed,
-                                 updater=updater, distribution=distribution, method=method,
-                                 sparsity=args.sparsity, hyperparams=args.hyperparams,
+                                 updater=v["updater"], distribution=v["distribution"],
+                                 method=v["method"], sparsity=v["sparsity"],
+                                 hyperparams=args.hyperparams,
                                  evals=args.evals, eval_episodes=args.eval_episodes,
-                                 hp=args.hp, resume=args.resume,
+                                 hp=[*args.hp, *v["extra_hp"]], resume=args.resume,
+                                 masked_total=v.get("masked_total"),
                                  fused_adam=args.fused_adam, report=args.report,
-                                 out=str(root / "runs" / f"{task}-{method}-s{seed}")))
+                                 out=str(root / "runs" / f"{task}-{v['method']}-s{seed}")))
     return jobs
 
 
@@ -203,7 +250,8 @@ def run_jobs(jobs: list[dict], workers: int, start: float) -> list[dict]:
         for fut in as_completed(futures):
             job = futures[fut]
             summary = fut.result()
-            summary.update(seed=job["seed"], task=job["task"], method=job["method"])
+            summary.update(seed=job["seed"], task=job["task"], method=job["method"],
+                           masked_total=job.get("masked_total"))
             rows.append(summary)
             print(f"[{time.perf_counter() - start:6.0f}s] {job['task']} {job['method']:6s} "
                   f"s{job['seed']}: return {summary['final_mean']:7.1f}, "
@@ -369,6 +417,8 @@ def summarise(rows: list[dict], names: list[str]) -> list[dict]:
                 "train_s": t, "train_s_std": t_sd,
                 "time_vs_dense": t / dense_t if dense and dense_t else math.nan,
                 "density": _mean_std([r["density"] for r in runs])[0],
+                "nonzero": (_mean_std([r["density"] for r in runs])[0] * runs[0]["masked_total"]
+                            if runs[0].get("masked_total") else math.nan),
                 "updates": _mean_std([r["updates"] for r in runs])[0],
                 "flops_forward": _mean_std([r.get("flops_forward", math.nan)
                                             for r in runs])[0],
@@ -446,6 +496,37 @@ def plot(rows: list[dict], out: Path, root: Path) -> None:
     plt.close(fig)
 
 
+def plot_equal_params(summary: list[dict], out: Path) -> None:
+    """Score against nonzero weights per task: dense across widths, each sparse method
+    across its widths (``--equal-params``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(s["task"] for s in summary))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = [s for s in summary if s["task"] == task and math.isfinite(s["nonzero"])]
+        for family in dict.fromkeys(s["method"].rsplit("-w", 1)[0] for s in rows):
+            pts = [s for s in rows if s["method"].rsplit("-w", 1)[0] == family]
+            ax.errorbar([s["nonzero"] for s in pts], [s["score"] for s in pts],
+                        yerr=[s["score_std"] for s in pts], marker="o", capsize=3,
+                        label=family)
+            for s in pts:
+                ax.annotate(s["method"].rsplit("-w", 1)[1], (s["nonzero"], s["score"]),
+                            fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_title(f"{task} (labels: hidden width)", fontsize=10)
+        ax.set_xlabel("nonzero weights")
+        ax.set_ylabel("score (last 10% of evaluations)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fields or list(rows[0]), extrasaction="ignore")
@@ -462,7 +543,7 @@ RESULT_FIELDS = ["task", "algo", "env", "method", "updater", "distribution", "sp
 def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: float) -> str:
     """results.csv, summary.csv, summary.md and curves.png under ``root``; the markdown."""
     _write_csv(root / "results.csv", rows, RESULT_FIELDS)
-    summary = summarise(rows, [method_name(u, d) for u, d in methods(args)])
+    summary = summarise(rows, list(dict.fromkeys(j["method"] for j in jobs)))
     _write_csv(root / "summary.csv", summary)
     md = markdown(summary, args.sparsity)
     budgets = ", ".join(f"{j['task']} {j['timesteps']} steps" for j in
@@ -474,6 +555,13 @@ def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: fl
            + ".\n")
     (root / "summary.md").write_text(md)
     plot(rows, root / "curves.png", root)
+    if args.equal_params:
+        plot_equal_params(summary, root / "equal_params.png")
+        md += ("\nEqual parameter count (`equal_params.png`):\n\n| task | method | nonzero "
+               "weights | score |\n|---|---|---|---|\n" + "".join(
+                   f"| {s['task']} | {s['method']} | {s['nonzero']:,.0f} | {s['score']:.1f} ± "
+                   f"{s['score_std']:.1f} |\n" for s in summary))
+        (root / "summary.md").write_text(md)
     return md
 
 
