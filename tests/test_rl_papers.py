@@ -26,7 +26,7 @@ def test_graesser_dqn_cartpole_is_the_papers_configuration():
     assert model.target_update_interval == 100 and model.train_freq.frequency == 1
     assert model.exploration_initial_eps == model.exploration_final_eps == 0.01
     assert model.policy.net_arch == [512, 512]
-    assert model.policy.optimizer.defaults["weight_decay"] == 2e-6
+    assert model.policy.optimizer.defaults["weight_decay"] == 2e-6 and model.max_grad_norm > 1e30
     opts = model.policy.sparse_options
     assert (opts["delta_t"], opts["drop_fraction"], opts["t_end_fraction"]) == (1000, 0.5, 0.75)
     assert opts["schedule"] == "cosine" and opts["distribution"] == "erk"

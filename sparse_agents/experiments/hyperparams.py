@@ -9,6 +9,7 @@ the papers' own configurations that the benchmarks reproduce (``"graesser"``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 #: (algorithm, environment id) -> zoo hyperparameters
@@ -46,7 +47,8 @@ HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
 #: ``dqn_train_eval.py``/``ppo_train_eval.py``. The sparse schedule is part of each entry
 #: (DQN: update every 1000 training steps, drop fraction 0.5, cosine, last update at 75%;
 #: PPO: every 250, drop 0.3, last at 120000 of 156480 steps; ERK, output layers sparse).
-#: Keras' L2(1e-6) on DQN's kernels is Adam's weight_decay 2e-6. What SB3 cannot express
+#: Keras' L2(1e-6) on DQN's kernels is Adam's weight_decay 2e-6; TF-Agents' DQN does not
+#: clip gradients (``max_grad_norm=inf``). What SB3 cannot express
 #: is listed in docs/rl.md (the squared TD loss, He/orthogonal inits, PPO's sparse-only
 #: L2 1e-4).
 GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
@@ -54,7 +56,7 @@ GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
                                  buffer_size=100_000, learning_starts=1000, gamma=0.99,
                                  target_update_interval=100, train_freq=1, gradient_steps=1,
                                  exploration_initial_eps=0.01, exploration_final_eps=0.01,
-                                 optimizer_kwargs={"weight_decay": 2e-6},
+                                 max_grad_norm=math.inf, optimizer_kwargs={"weight_decay": 2e-6},
                                  delta_t=1000, drop_fraction=0.5, t_end_fraction=0.75,
                                  schedule="cosine"),
     ("ppo", "HalfCheetah-v5"): dict(normalize=True, n_envs=1, n_steps=2048, batch_size=64,
