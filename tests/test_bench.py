@@ -95,7 +95,7 @@ def test_drop_slower_after_first_round():
             time.sleep(seconds)
         return fn
 
-    samples = sample_interleaved({"fast": make("fast", 0.0), "slow": make("slow", 0.005)},
+    samples = sample_interleaved({"fast": make("fast", 0.0), "slow": make("slow", 0.05)},
                                  rounds=3, warmup=0, drop_slower=3.0)
     assert len(samples["slow"]) == 1 and len(samples["fast"]) == 3
     assert calls == ["fast", "slow", "fast", "fast"]
