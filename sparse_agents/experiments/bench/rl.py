@@ -393,11 +393,12 @@ def score(run: dict) -> float:
     return run.get("last10_mean", run["final_mean"])
 
 
-def summarise(rows: list[dict], names: list[str]) -> list[dict]:
-    """Per (task, method): mean +- std over seeds, and the ratios to dense."""
+def summarise(rows: list[dict], names: list[str], reference: str = DENSE) -> list[dict]:
+    """Per (task, method): mean +- std over seeds, and the ratios to ``reference`` (the
+    dense row; ``dense-w<W>`` with ``--equal-params W``)."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
-        dense = [r for r in rows if r["task"] == task and r["method"] == DENSE]
+        dense = [r for r in rows if r["task"] == task and r["method"] == reference]
         dense_ret, _ = _mean_std([score(r) for r in dense])
         dense_t, _ = _mean_std([r["train_s"] for r in dense])
         for name in names:
@@ -543,7 +544,8 @@ RESULT_FIELDS = ["task", "algo", "env", "method", "updater", "distribution", "sp
 def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: float) -> str:
     """results.csv, summary.csv, summary.md and curves.png under ``root``; the markdown."""
     _write_csv(root / "results.csv", rows, RESULT_FIELDS)
-    summary = summarise(rows, list(dict.fromkeys(j["method"] for j in jobs)))
+    reference = f"{DENSE}-w{args.equal_params}" if args.equal_params else DENSE
+    summary = summarise(rows, list(dict.fromkeys(j["method"] for j in jobs)), reference)
     _write_csv(root / "summary.csv", summary)
     md = markdown(summary, args.sparsity)
     budgets = ", ".join(f"{j['task']} {j['timesteps']} steps" for j in
