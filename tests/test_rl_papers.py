@@ -80,6 +80,10 @@ def test_bench_rows_are_methods_dense_once_and_score_is_last_tenth(tmp_path):
     assert table["dense"]["score"] == 150 and table["set"]["score"] == 75
     assert table["set"]["vs_dense"] == pytest.approx(-0.5)
     assert table["set"]["final_return"] == 50
+    for r in rows:
+        r["method"] = r["method"].replace("dense", "dense-w8")
+    ref = {r["method"]: r for r in bench_rl.summarise(rows, ["dense-w8", "set"], "dense-w8")}
+    assert ref["set"]["vs_dense"] == pytest.approx(-0.5)  # against the base width's dense
 
 
 def test_bench_run_writes_the_score_and_resumes(tmp_path):
