@@ -118,3 +118,18 @@ def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width()
         active = sum(int(m.sum()) for t in model.policy.topologies.values()
                      for m in t.masks.values())
         assert row["masked_total"] > budget and abs(active - budget) <= 0.01 * budget, name
+
+
+def test_reward_scale_scales_training_rewards_not_evaluation():
+    import numpy as np
+
+    model, eval_env = make_agent("sac", "HalfCheetah-v5", "rigl", 0.9,
+                                 hyperparams="graesser")
+    assert model.learning_starts == 1000 and model.policy.sparse_options["drop_fraction"] == 0.5
+    train, action = model.get_env(), np.full((1, 6), 0.5, dtype=np.float32)
+    for env in (train, eval_env):
+        env.seed(3)
+        env.reset()
+    r_train = train.step(action)[1][0]
+    r_eval = eval_env.step(action)[1][0]
+    assert r_train == pytest.approx(0.1 * r_eval, rel=1e-5) and r_eval != 0.0

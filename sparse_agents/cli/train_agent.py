@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyperparams", choices=tuple(SOURCES), default="zoo",
                    help="hyperparameter table: rl-baselines3-zoo's, or a paper's own "
                         "configuration with its sparse schedule (graesser: Graesser et al. "
-                        "2022; dqn CartPole-v1, ppo HalfCheetah-v5)")
+                        "2022; dqn CartPole-v1, ppo and sac HalfCheetah-v5)")
     p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter, e.g. --hp n_steps=64 --hp "
                    "net_arch=[64,64]")

@@ -3,7 +3,8 @@ for the tasks the runners, the CLI, the benchmarks and continual RL use (``"zoo"
 the papers' own configurations that the benchmarks reproduce (``"graesser"``).
 
 ``"lin_X"`` is a linear schedule from X to 0; ``normalize`` wraps the environment in
-``VecNormalize``; ``n_envs`` goes to the vectorised environment; ``action_noise`` is
+``VecNormalize``; ``reward_scale`` multiplies the training rewards; ``n_envs`` goes to
+the vectorised environment; ``action_noise`` is
 ``("normal", std)``.
 """
 
@@ -46,7 +47,9 @@ HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
 #: its newest commit (ce92eab, 2022-08-10) and the ``train_eval`` defaults of
 #: ``dqn_train_eval.py``/``ppo_train_eval.py``. The sparse schedule is part of each entry
 #: (DQN: update every 1000 training steps, drop fraction 0.5, cosine, last update at 75%;
-#: PPO: every 250, drop 0.3, last at 120000 of 156480 steps; ERK, output layers sparse).
+#: PPO: every 250, drop 0.3, last at 120000 of 156480 steps; SAC: every 1000, drop 0.5,
+#: last at 80%; ERK, output layers sparse). ``reward_scale`` multiplies the training
+#: rewards (SAC's ``reward_scale_factor=0.1``).
 #: Keras' L2(1e-6) on DQN's kernels is Adam's weight_decay 2e-6; TF-Agents' DQN does not
 #: clip gradients (``max_grad_norm=inf``). What SB3 cannot express
 #: is listed in docs/rl.md (the squared TD loss, He/orthogonal inits, PPO's sparse-only
@@ -65,6 +68,11 @@ GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
                                     max_grad_norm=0.5, optimizer_kwargs={"weight_decay": 1e-6},
                                     delta_t=250, drop_fraction=0.3,
                                     t_end_fraction=120_000 / 156_480, schedule="cosine"),
+    ("sac", "HalfCheetah-v5"): dict(net_arch=[256, 256], learning_rate=3e-4, batch_size=256,
+                                    buffer_size=1_000_000, learning_starts=1000,
+                                    gamma=0.99, tau=0.005, train_freq=1, gradient_steps=1,
+                                    reward_scale=0.1, delta_t=1000, drop_fraction=0.5,
+                                    t_end_fraction=0.8, schedule="cosine"),
 }
 #: hyperparameter sources by name
 SOURCES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"zoo": HYPERPARAMS,

@@ -5,6 +5,7 @@ one-call experiment the study harness and the benchmarks run."""
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import stable_baselines3 as sb3
+from gymnasium.wrappers import TransformReward
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -72,9 +74,15 @@ def _split_hyperparameters(algo: str, env_id: str, overrides: dict | None, updat
     return resolve_schedules(hp), policy_kwargs, sparse_hp, normalize, n_envs
 
 
-def _envs(env_id: str, n_envs: int, seed: int, normalize: bool, gamma: float):
-    """Training and evaluation environments (``VecNormalize`` when ``normalize``)."""
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+def _envs(env_id: str, n_envs: int, seed: int, normalize: bool, gamma: float,
+          reward_scale: float | None = None):
+    """Training and evaluation environments (``VecNormalize`` when ``normalize``; the
+    training rewards times ``reward_scale`` when given, the evaluation's unscaled)."""
+    wrapper = None
+    if reward_scale is not None:
+        scale = float(reward_scale)
+        wrapper = functools.partial(TransformReward, func=lambda r: scale * r)
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper)
     eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
     if normalize:
         env = VecNormalize(env, gamma=gamma)
@@ -108,7 +116,7 @@ def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float =
     hp, policy_kwargs, sparse_hp, normalize, table_envs = _split_hyperparameters(
         algo, env_id, overrides, updater, fused_adam, hyperparams)
     env, eval_env = _envs(env_id, n_envs or int(table_envs or 1), seed, normalize,
-                          hp.get("gamma", 0.99))
+                          hp.get("gamma", 0.99), hp.pop("reward_scale", None))
     noise = _action_noise(hp.pop("action_noise", None), env)
     if noise is not None:
         hp["action_noise"] = noise
