@@ -474,22 +474,18 @@ def _curves(rows: list[dict], root: Path, task: str, method: str):
     return t, y
 
 
-def plot(rows: list[dict], out: Path, root: Path) -> None:
+def _task_figure(tasks: list[str], draw, out: Path, xlabel: str, ylabel: str) -> None:
+    """One panel per task, ``draw(ax, task)`` filling it; saved to ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
-            t, y = _curves(rows, root, task, method)
-            ax.plot(t.mean(0), y.mean(0), label=method)
-            ax.fill_between(t.mean(0), y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.15)
-        ax.set_title(task, fontsize=10)
-        ax.set_xlabel("timesteps")
-        ax.set_ylabel("eval return")
+        draw(ax, task)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -497,17 +493,23 @@ def plot(rows: list[dict], out: Path, root: Path) -> None:
     plt.close(fig)
 
 
+def plot(rows: list[dict], out: Path, root: Path) -> None:
+    """Evaluation curves, mean +- std over seeds, per task and method."""
+    def draw(ax, task: str) -> None:
+        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
+            t, y = _curves(rows, root, task, method)
+            ax.plot(t.mean(0), y.mean(0), label=method)
+            ax.fill_between(t.mean(0), y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.15)
+        ax.set_title(task, fontsize=10)
+
+    _task_figure(list(dict.fromkeys(r["task"] for r in rows)), draw, out, "timesteps",
+                 "eval return")
+
+
 def plot_equal_params(summary: list[dict], out: Path) -> None:
     """Score against nonzero weights per task: dense across widths, each sparse method
     across its widths (``--equal-params``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(s["task"] for s in summary))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    def draw(ax, task: str) -> None:
         rows = [s for s in summary if s["task"] == task and math.isfinite(s["nonzero"])]
         for family in dict.fromkeys(s["method"].rsplit("-w", 1)[0] for s in rows):
             pts = [s for s in rows if s["method"].rsplit("-w", 1)[0] == family]
@@ -519,13 +521,9 @@ def plot_equal_params(summary: list[dict], out: Path) -> None:
                             fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
         ax.set_title(f"{task} (labels: hidden width)", fontsize=10)
-        ax.set_xlabel("nonzero weights")
-        ax.set_ylabel("score (last 10% of evaluations)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+
+    _task_figure(list(dict.fromkeys(s["task"] for s in summary)), draw, out,
+                 "nonzero weights", "score (last 10% of evaluations)")
 
 
 def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
