@@ -1,8 +1,10 @@
 """Shared test set-up: small thread counts keep the suite fast on 2 cores."""
 
 import os
+import socket
 import warnings
 
+import pytest
 import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -16,3 +18,15 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection raises (the data must be read offline)."""
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in a test that must run offline")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)

@@ -2,7 +2,6 @@
 stream, on tiny datasets written in the real formats."""
 
 import pickle
-import socket
 
 import numpy as np
 import pytest
@@ -26,16 +25,6 @@ N_CLASSES, PER_CLASS = 10, 12  # 12 images per class: 10 train, 2 test
 WNIDS = [f"n0{n:07d}" for n in (9, 3, 7, 1, 8, 2, 6, 0, 5, 4)]
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted while reading miniImageNet")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def make_pixels(per_class: int = PER_CLASS, seed: int = 0) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 
 import gzip
 import pickle
-import socket
 import struct
 
 import numpy as np
@@ -18,17 +17,6 @@ from continual.metrics import (
     summarize,
 )
 from continual.streams import canonical_stream, load_digits_tensors, load_stream
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline stream")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def test_split_digits_task_and_class_incremental(no_network):

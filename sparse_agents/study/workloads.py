@@ -104,10 +104,10 @@ def run_cl(job: Job) -> dict:
     strategy; ``sparsity_scope`` (one of ``SPARSITY_SCOPES``) says what the sparsity is of.
     """
     s = {k: v for k, v in job.settings.items() if k not in RL_SETTINGS}
-    stream, n_tasks = cl_stream(job.workload)
+    stream, count = cl_stream(job.workload)
     task_masks = bool(s.pop("task_masks", True)) and job.updater != DENSE
-    n_tasks = n_tasks if n_tasks is not None else s.pop("n_tasks", None)
-    s.pop("n_tasks", None)
+    setting = s.pop("n_tasks", None)
+    n_tasks = count if count is not None else setting  # the workload's count wins
     scope = s.pop("sparsity_scope", "task")
     if scope not in SPARSITY_SCOPES:
         raise ValueError(f"sparsity_scope must be one of {SPARSITY_SCOPES}, got {scope!r}")

@@ -192,11 +192,11 @@ def equal_param_variants(args, algo: str, env: str) -> list[dict]:
     """``--equal-params W``: dense at widths W, 2W, 4W; each sparse method at 2W and 4W
     with the nonzero weights of dense at W (``sparsity = 1 - n(W) / n(kW)``)."""
     base = args.equal_params
-    budget = masked_weights(algo, env, base, args.hyperparams)
+    totals = {k: masked_weights(algo, env, k * base, args.hyperparams) for k in (1, 2, 4)}
+    budget = totals[1]
     out = []
-    for k in (1, 2, 4):
+    for k, total in totals.items():
         width = k * base
-        total = masked_weights(algo, env, width, args.hyperparams)
         hp = [f"net_arch=[{width}, {width}]"]
         out.append(dict(updater=DENSE, distribution="erk", sparsity=0.0, extra_hp=hp,
                         method=f"dense-w{width}", masked_total=total))
