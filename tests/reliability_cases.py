@@ -523,7 +523,16 @@ CASES: list[Case] = [
          r"algo must be one of \('ppo', 'a2c', 'dqn', 'sac', 'td3'\)"),
     Case("rl/hyperparams-source", "`make_agent('dqn', 'CartPole-v1', hyperparams='sb3')`",
          lambda: make_agent("dqn", "CartPole-v1", hyperparams="sb3"), V,
-         r"hyperparams must be one of \('zoo', 'graesser'\), got 'sb3'"),
+         r"hyperparams must be one of \('zoo', 'graesser', 'minatar'\), got 'sb3'"),
+    Case("rl/exploration-steps-budget", "`make_agent('dqn', 'MinAtar/Breakout-v1', "
+         "hyperparams='minatar')` without `timesteps`: the table anneals epsilon over a "
+         "number of steps", lambda: make_agent("dqn", "MinAtar/Breakout-v1",
+                                               hyperparams="minatar"), V,
+         has("exploration_steps=105000 needs the run's budget", "timesteps=N")),
+    Case("rl/atari-algo", "`make_agent('sac', 'ALE/Pong-v5')`: SB3 has no SAC for discrete "
+         "actions; Atari runs use the CnnPolicy of PPO, A2C or DQN",
+         lambda: make_agent("sac", "ALE/Pong-v5"), V,
+         r"algo on Atari must be one of \('ppo', 'a2c', 'dqn'\), got 'sac'"),
     Case("rl/hyperparams-task", "`make_agent('sac', 'Pendulum-v1', hyperparams='graesser')`: "
          "the paper did not run it", lambda: make_agent("sac", "Pendulum-v1",
                                                         hyperparams="graesser"), V,

@@ -133,3 +133,93 @@ def test_reward_scale_scales_training_rewards_not_evaluation():
     r_train = train.step(action)[1][0]
     r_eval = eval_env.step(action)[1][0]
     assert r_train == pytest.approx(0.1 * r_eval, rel=1e-5) and r_eval != 0.0
+
+
+def test_minatar_source_is_young_and_tians_dqn_with_their_network_sparse():
+    import math
+
+    import torch
+
+    from sparse_agents.sb3 import MinAtarCNN
+
+    model, _ = make_agent("dqn", "MinAtar/Breakout-v1", "srigl", 0.9, hyperparams="minatar",
+                          timesteps=500_000)
+    opt = model.policy.optimizer
+    assert isinstance(opt, torch.optim.RMSprop)
+    assert {k: opt.defaults[k] for k in ("lr", "alpha", "eps", "momentum", "centered")} == {
+        "lr": 2.5e-4, "alpha": 0.95, "eps": 0.01, "momentum": 0.95, "centered": True}
+    assert (model.batch_size, model.target_update_interval, model.learning_starts) == (
+        32, 1000, 5000)
+    assert model.exploration_fraction == pytest.approx(105_000 / 500_000)
+    assert (model.exploration_initial_eps, model.exploration_final_eps) == (1.0, 0.1)
+    assert math.isinf(model.max_grad_norm)
+    assert isinstance(model.q_net.features_extractor, MinAtarCNN)
+    masks = model.policy.topology.masks
+    assert any("conv.0" in n for n in masks) and any("q_net.0" in n for n in masks)
+    # no sparse schedule in the table: the library's off-policy defaults
+    assert model.policy.sparse_options["delta_t"] == 1000
+
+
+def test_exploration_steps_become_the_fraction_of_the_runs_budget():
+    short, _ = make_agent("dqn", "MinAtar/SpaceInvaders-v1", "dense", hyperparams="minatar",
+                          timesteps=50_000)
+    assert short.exploration_fraction == 1.0  # capped: the anneal outlasts the run
+    with pytest.raises(ValueError, match="needs the run's budget"):
+        make_agent("dqn", "MinAtar/Breakout-v1", "dense", hyperparams="minatar")
+    with pytest.raises(ValueError, match="no entry for dqn on CartPole-v1"):
+        hyperparameters("dqn", "CartPole-v1", "minatar")
+
+
+def test_minatar_dense_and_sparse_train_through_the_factory():
+    for updater in ("dense", "rigl"):
+        model, eval_env = make_agent("dqn", "MinAtar/Breakout-v1", updater, 0.9,
+                                     hyperparams="minatar", timesteps=300,
+                                     overrides={"learning_starts": 100, "buffer_size": 500},
+                                     sparse_options=None if updater == "dense"
+                                     else {"delta_t": 50})
+        model.learn(300)
+        assert eval_env.observation_space.shape == (10, 10, 4)
+        if updater != "dense":
+            assert model.policy.topology.n_updates > 0
+
+
+def test_atari_games_get_sb3s_wrappers_stacked_frames_and_the_cnn_policy():
+    from stable_baselines3.dqn.policies import CnnPolicy
+
+    from sparse_agents.sb3 import SparseDQNCnnPolicy
+
+    model, eval_env = make_agent("dqn", "ALE/Pong-v5", "rigl", 0.9,
+                                 overrides={"buffer_size": 200, "learning_starts": 16,
+                                            "batch_size": 8},
+                                 sparse_options={"delta_t": 4})
+    assert isinstance(model.policy, SparseDQNCnnPolicy)
+    assert eval_env.observation_space.shape == (84, 84, 4)  # 4 stacked 84x84 frames
+    assert model.observation_space.shape == (4, 84, 84)  # SB3 transposes images
+    model.learn(48)
+    assert model.policy.topology.n_updates > 0
+    dense, _ = make_agent("dqn", "ALE/Pong-v5", "dense", overrides={"buffer_size": 200})
+    assert type(dense.policy) is CnnPolicy
+
+
+def test_bench_run_folders_flatten_namespaced_env_ids(tmp_path):
+    args = bench_rl.build_parser().parse_args(["--updaters", "srigl"])
+    jobs = bench_rl.make_jobs(args, ["dqn:MinAtar/Breakout-v1:1000"], tmp_path)
+    assert jobs[0]["task"] == "dqn-MinAtar/Breakout-v1"
+    assert Path(jobs[0]["out"]) == tmp_path / "runs" / "dqn-MinAtar-Breakout-v1-srigl-s0"
+
+
+def test_overhead_times_the_agent_of_the_chosen_table(monkeypatch):
+    built, real = [], bench_rl._train_chunk
+
+    def recording(*args):
+        chunk, n_steps, model = real(*args)
+        built.append(model)
+        return chunk, n_steps, model
+
+    monkeypatch.setattr(bench_rl, "_train_chunk", recording)
+    rows = bench_rl.overhead(["dqn:CartPole-v1:100000"], ["dense", "static"], rounds=1,
+                             steps=2, fused_adam=False, hyperparams="graesser")
+    assert [r["updater"] for r in rows] == ["dense", "static"]
+    assert all(r["hyperparams"] == "graesser" for r in rows)
+    assert [m.policy.net_arch for m in built] == [[512, 512]] * 2
+    assert all(m.batch_size == 128 for m in built)

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyperparams", choices=tuple(SOURCES), default="zoo",
                    help="hyperparameter table: rl-baselines3-zoo's, or a paper's own "
                         "configuration with its sparse schedule (graesser: Graesser et al. "
-                        "2022; dqn CartPole-v1, ppo and sac HalfCheetah-v5)")
+                        "2022; dqn CartPole-v1, ppo and sac HalfCheetah-v5; minatar: Young "
+                        "& Tian 2019's DQN on MinAtar/<Game>-v1)")
     p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter, e.g. --hp n_steps=64 --hp "
                    "net_arch=[64,64]")
@@ -137,7 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--timesteps must be >= 1, got {args.timesteps}")
     torch.set_num_threads(max(1, args.threads))
     env_id = args.env or DEFAULT_ENV[args.algo]
-    out = Path(args.out or f"runs/{args.algo}-{env_id}-{args.updater}-s{args.seed}")
+    out = Path(args.out or f"runs/{args.algo}-{env_id.replace('/', '-')}-{args.updater}"
+                           f"-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     overrides = parse_overrides(args.hp)
     sparse_options: dict[str, Any] = {"condensed_rollout": args.condensed_rollout}
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, eval_env = make_agent(args.algo, env_id, args.updater, args.sparsity,
                                  args.distribution, args.seed, overrides, sparse_options,
                                  args.n_envs, args.device, args.verbose, args.fused_adam,
-                                 args.hyperparams)
+                                 args.hyperparams, args.timesteps)
     formats = ["csv"] + (["stdout"] if args.verbose else []) + \
         (["tensorboard"] if args.tensorboard else [])
     model.set_logger(configure(str(out), formats))

@@ -5,13 +5,18 @@ the papers' own configurations that the benchmarks reproduce (``"graesser"``).
 ``"lin_X"`` is a linear schedule from X to 0; ``normalize`` wraps the environment in
 ``VecNormalize``; ``reward_scale`` multiplies the training rewards; ``n_envs`` goes to
 the vectorised environment; ``action_noise`` is
-``("normal", std)``.
+``("normal", std)``; ``exploration_steps`` anneals DQN's epsilon over that many steps
+(the agent factory turns it into SB3's ``exploration_fraction`` of the run's budget).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
+
+from sparse_agents.sb3.extractors import MinAtarCNN
 
 #: (algorithm, environment id) -> zoo hyperparameters
 HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
@@ -74,13 +79,34 @@ GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
                                     reward_scale=0.1, delta_t=1000, drop_fraction=0.5,
                                     t_end_fraction=0.8, schedule="cosine"),
 }
+
+#: Young & Tian, "MinAtar" (2019), ``examples/dqn.py`` of kenjyoung/MinAtar: their
+#: network (:class:`~sparse_agents.sb3.MinAtarCNN`, then the output layer), centered
+#: RMSprop (lr 2.5e-4, squared-gradient momentum 0.95, min squared gradient 0.01,
+#: momentum 0.95), Huber loss, batch 32, buffer 100k, 5000 random steps, a hard target
+#: update every 1000 steps, one gradient step per env step, no gradient clipping, epsilon
+#: 1 -> 0.1 over the 100k steps after the random ones (SB3 anneals from step 0, so the
+#: anneal ends at the same step, 105k, from 0.96 at step 5000). No sparse schedule: the
+#: sparse runs use the library's off-policy defaults. Their budget is 5M frames.
+_MINATAR_DQN: dict[str, Any] = dict(
+    features_extractor_class=MinAtarCNN, net_arch=[], optimizer_class=torch.optim.RMSprop,
+    optimizer_kwargs={"alpha": 0.95, "eps": 0.01, "momentum": 0.95, "centered": True},
+    learning_rate=2.5e-4, batch_size=32, buffer_size=100_000, learning_starts=5000,
+    gamma=0.99, target_update_interval=1000, train_freq=1, gradient_steps=1,
+    exploration_initial_eps=1.0, exploration_final_eps=0.1, exploration_steps=105_000,
+    max_grad_norm=math.inf)
+MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+YOUNG_TIAN: dict[tuple[str, str], dict[str, Any]] = {
+    ("dqn", f"MinAtar/{game}-v1"): _MINATAR_DQN for game in MINATAR_GAMES}
+
 #: hyperparameter sources by name
-SOURCES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"zoo": HYPERPARAMS,
-                                                              "graesser": GRAESSER}
+SOURCES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
+    "zoo": HYPERPARAMS, "graesser": GRAESSER, "minatar": YOUNG_TIAN}
 
 #: keys of the table that are policy options (they go to ``policy_kwargs``)
 POLICY_KEYS = ("net_arch", "activation_fn", "ortho_init", "log_std_init", "n_critics",
-               "share_features_extractor", "optimizer_kwargs")
+               "share_features_extractor", "optimizer_class", "optimizer_kwargs",
+               "features_extractor_class", "features_extractor_kwargs")
 #: keys that may hold a ``"lin_X"`` schedule
 SCHEDULE_KEYS = ("learning_rate", "clip_range")
 
@@ -99,7 +125,8 @@ def hyperparameters(algo: str, env_id: str, source: str = "zoo") -> dict[str, An
     if source != "zoo" and (algo, env_id) not in table:
         raise ValueError(f"hyperparams={source!r} has no entry for {algo} on {env_id}; "
                          f"it has {sorted(f'{a}:{e}' for a, e in table)}")
-    return dict(table.get((algo, env_id), {}))
+    return {k: dict(v) if isinstance(v, dict) else v
+            for k, v in table.get((algo, env_id), {}).items()}
 
 
 def resolve_schedules(hp: dict[str, Any], constant: bool = False) -> dict[str, Any]:

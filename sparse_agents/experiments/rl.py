@@ -15,10 +15,14 @@ import numpy as np
 import stable_baselines3 as sb3
 from gymnasium.wrappers import TransformReward
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.env_util import make_atari_env, make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.noise import NormalActionNoise
-from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
+from stable_baselines3.common.vec_env import (
+    VecFrameStack,
+    VecNormalize,
+    sync_envs_normalization,
+)
 
 from sparse_agents.distributions import check_sparsity
 from sparse_agents.experiments.hyperparams import (
@@ -29,7 +33,9 @@ from sparse_agents.experiments.hyperparams import (
 )
 from sparse_agents.sb3 import (
     SPARSE_DEFAULTS,
+    SparseActorCriticCnnPolicy,
     SparseActorCriticPolicy,
+    SparseDQNCnnPolicy,
     SparseDQNPolicy,
     SparseSACPolicy,
     SparseTD3Policy,
@@ -37,7 +43,8 @@ from sparse_agents.sb3 import (
 from sparse_agents.updaters import DENSE, get_updater
 
 __all__ = ["ALGOS", "DEFAULT_ENV", "HYPERPARAMS", "SPARSE_POLICIES", "evaluation_callback",
-           "last_fraction_score", "make_agent", "train_and_evaluate", "write_curve_csv"]
+           "last_fraction_score", "make_agent", "register_env", "train_and_evaluate",
+           "write_curve_csv"]
 
 ALGOS = ("ppo", "a2c", "dqn", "sac", "td3")
 DEFAULT_ENV = {"ppo": "CartPole-v1", "a2c": "CartPole-v1", "dqn": "CartPole-v1",
@@ -45,10 +52,55 @@ DEFAULT_ENV = {"ppo": "CartPole-v1", "a2c": "CartPole-v1", "dqn": "CartPole-v1",
 #: the sparse policy class of each algorithm
 SPARSE_POLICIES = {"ppo": SparseActorCriticPolicy, "a2c": SparseActorCriticPolicy,
                    "dqn": SparseDQNPolicy, "sac": SparseSACPolicy, "td3": SparseTD3Policy}
+#: the sparse ``CnnPolicy`` of each algorithm that Atari runs use (zoo: PPO, A2C, DQN)
+SPARSE_CNN_POLICIES = {"ppo": SparseActorCriticCnnPolicy, "a2c": SparseActorCriticCnnPolicy,
+                       "dqn": SparseDQNCnnPolicy}
+#: environment id prefix -> (package, function registering its gymnasium ids)
+ENV_FAMILIES = {"MinAtar/": ("minatar", "minatar.gym:register_envs"),
+                "ALE/": ("ale-py", "ale_py:")}
+
+
+def register_env(env_id: str) -> None:
+    """Register the gymnasium ids of MinAtar (``MinAtar/...``) or the ALE (``ALE/...``)
+    when ``env_id`` names one of them; ``ImportError`` naming the package and the extra
+    when it is missing."""
+    import importlib
+
+    import gymnasium as gym
+
+    for prefix, (package, target) in ENV_FAMILIES.items():
+        if not env_id.startswith(prefix) or env_id in gym.registry:
+            continue
+        module_name, _, function = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ImportError(f"env {env_id!r} needs the {package} package: pip install "
+                              f"'sparse-agents[envs]'") from err
+        if function:
+            getattr(module, function)()
+        else:
+            gym.register_envs(module)
+
+
+def is_atari(env_id: str) -> bool:
+    """An ALE game, trained as the zoo does (SB3's Atari wrappers, 4 stacked frames)."""
+    return env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4")
+
+
+def _exploration_fraction(steps: Any, timesteps: int | None) -> float:
+    """SB3's ``exploration_fraction`` annealing epsilon over ``steps`` of ``timesteps``."""
+    if timesteps is None:
+        raise ValueError(f"exploration_steps={steps} needs the run's budget: pass "
+                         "make_agent(..., timesteps=N)")
+    if int(steps) < 1 or int(timesteps) < 1:
+        raise ValueError(f"exploration_steps and timesteps must be >= 1, got {steps}, "
+                         f"{timesteps}")
+    return min(1.0, int(steps) / int(timesteps))
 
 
 def _split_hyperparameters(algo: str, env_id: str, overrides: dict | None, updater: str,
-                           fused_adam: bool, source: str = "zoo",
+                           fused_adam: bool, source: str = "zoo", timesteps: int | None = None,
                            ) -> tuple[dict, dict, dict, bool, int | None]:
     """``source``'s values plus ``overrides``, split into algorithm keywords, policy
     keywords and sparse options; also ``normalize`` and the table's ``n_envs``. A table's
@@ -57,6 +109,9 @@ def _split_hyperparameters(algo: str, env_id: str, overrides: dict | None, updat
     if updater == DENSE:
         hp = {k: v for k, v in hp.items() if k not in SPARSE_DEFAULTS}
     hp.update(overrides or {})
+    if "exploration_steps" in hp:
+        hp["exploration_fraction"] = _exploration_fraction(hp.pop("exploration_steps"),
+                                                           timesteps)
     normalize = bool(hp.pop("normalize", False))
     n_envs = hp.pop("n_envs", None)
     policy_kwargs = dict(hp.pop("policy_kwargs", {}) or {})
@@ -78,6 +133,15 @@ def _envs(env_id: str, n_envs: int, seed: int, normalize: bool, gamma: float,
           reward_scale: float | None = None):
     """Training and evaluation environments (``VecNormalize`` when ``normalize``; the
     training rewards times ``reward_scale`` when given, the evaluation's unscaled)."""
+    register_env(env_id)
+    if is_atari(env_id):
+        if reward_scale is not None:
+            raise ValueError("reward_scale is not supported on Atari (the wrappers clip "
+                             "rewards)")
+        env = VecFrameStack(make_atari_env(env_id, n_envs=n_envs, seed=seed), n_stack=4)
+        eval_env = VecFrameStack(make_atari_env(env_id, n_envs=1, seed=seed + 10_000),
+                                 n_stack=4)
+        return env, eval_env
     wrapper = None
     if reward_scale is not None:
         scale = float(reward_scale)
@@ -105,25 +169,32 @@ def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float =
                distribution: str = "erk", seed: int = 0, overrides: dict | None = None,
                sparse_options: dict | None = None, n_envs: int | None = None,
                device: str = "cpu", verbose: int = 0, fused_adam: bool = False,
-               hyperparams: str = "zoo"):
+               hyperparams: str = "zoo", timesteps: int | None = None):
     """Build ``(model, eval_env)``: the agent with the hyperparameters of table
-    ``hyperparams`` (``"zoo"`` or a paper's, e.g. ``"graesser"``; ``overrides`` win),
-    sparse unless ``updater == "dense"``. ``fused_adam``: Adam(fused=True) for the
-    Adam-trained algorithms (PPO keeps SB3's eps=1e-5; A2C's RMSprop is kept)."""
+    ``hyperparams`` (``"zoo"`` or a paper's, e.g. ``"graesser"``, ``"minatar"``;
+    ``overrides`` win), sparse unless ``updater == "dense"``. ``fused_adam``:
+    Adam(fused=True) for the Adam-trained algorithms (PPO keeps SB3's eps=1e-5; A2C's
+    RMSprop is kept). ``timesteps``: the run's budget, needed by a table that anneals
+    exploration over a number of steps. MinAtar and ALE ids are registered; Atari games
+    get SB3's Atari wrappers, 4 stacked frames and the ``CnnPolicy``."""
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
     get_updater(updater, dense=True)
     hp, policy_kwargs, sparse_hp, normalize, table_envs = _split_hyperparameters(
-        algo, env_id, overrides, updater, fused_adam, hyperparams)
+        algo, env_id, overrides, updater, fused_adam, hyperparams, timesteps)
     env, eval_env = _envs(env_id, n_envs or int(table_envs or 1), seed, normalize,
                           hp.get("gamma", 0.99), hp.pop("reward_scale", None))
     noise = _action_noise(hp.pop("action_noise", None), env)
     if noise is not None:
         hp["action_noise"] = noise
+    atari = is_atari(env_id)
+    if atari and algo not in SPARSE_CNN_POLICIES:
+        raise ValueError(f"algo on Atari must be one of {tuple(SPARSE_CNN_POLICIES)}, "
+                         f"got {algo!r}")
     if updater == DENSE:
-        policy: Any = "MlpPolicy"
+        policy: Any = "CnnPolicy" if atari else "MlpPolicy"
     else:
-        policy = SPARSE_POLICIES[algo]
+        policy = (SPARSE_CNN_POLICIES if atari else SPARSE_POLICIES)[algo]
         policy_kwargs.update(sparsity=sparsity, updater=updater, distribution=distribution,
                              seed=seed)
         policy_kwargs.update(sparse_hp)  # the table's schedule and --hp ...
@@ -223,7 +294,8 @@ def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: 
                          f"{n_evals}")
     # the algorithm seeds torch, numpy and random itself (SB3's ``seed=``)
     model, eval_env = make_agent(algo, env_id, updater, sparsity, distribution, seed,
-                                 overrides, sparse_options, hyperparams=hyperparams)
+                                 overrides, sparse_options, hyperparams=hyperparams,
+                                 timesteps=timesteps)
     rows: list = []
     callback = evaluation_callback(eval_env, max(1, timesteps // n_evals), eval_episodes, rows)
     start = time.perf_counter()

@@ -46,7 +46,8 @@ over seeds of the score and of the final return, training wall time without eval
 and its ratio to dense; forward FLOPs per observation of the trained policy and their
 ratio to dense), curves.png. Re-running retrains every run and overwrites; with --resume,
 re-running resumes: finished runs are skipped (--report only rebuilds the tables).
---overhead writes overhead[_fused].csv/.md and --rollout rollout.md (overwritten)."""
+--overhead writes overhead[_<hyperparams>][_fused].csv/.md and --rollout rollout.md
+(overwritten)."""
 
 EPILOG = """\
 examples:
@@ -236,8 +237,13 @@ def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
                                  hp=[*args.hp, *v["extra_hp"]], resume=args.resume,
                                  masked_total=v.get("masked_total"),
                                  fused_adam=args.fused_adam, report=args.report,
-                                 out=str(root / "runs" / f"{task}-{v['method']}-s{seed}")))
+                                 out=str(root / "runs" / run_dir(task, v["method"], seed))))
     return jobs
+
+
+def run_dir(task: str, method: str, seed: int) -> str:
+    """A run's folder under ``runs/`` (``/`` of ``MinAtar/...`` ids becomes ``-``)."""
+    return f"{task.replace('/', '-')}-{method}-s{seed}"
 
 
 def run_jobs(jobs: list[dict], workers: int, start: float) -> list[dict]:
@@ -262,16 +268,18 @@ def run_jobs(jobs: list[dict], workers: int, start: float) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- timing
-def _train_chunk(algo: str, env: str, updater: str, steps: int, fused_adam: bool):
+def _train_chunk(algo: str, env: str, updater: str, steps: int, fused_adam: bool,
+                 hyperparams: str = "zoo", timesteps: int | None = None):
     """A warmed-up callable running about ``steps`` optimizer steps of ``train()`` on a
-    filled buffer, and its exact number of optimizer steps."""
+    filled buffer, its exact number of optimizer steps, and the agent."""
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
     from sparse_agents.experiments.rl import make_agent
 
     over = {} if algo in ("ppo", "a2c") else {"learning_starts": 0}
-    model, _ = make_agent(algo, env, updater, seed=0, overrides=over, fused_adam=fused_adam)
+    model, _ = make_agent(algo, env, updater, seed=0, overrides=over, fused_adam=fused_adam,
+                          hyperparams=hyperparams, timesteps=timesteps)
     model.set_logger(configure(None, []))
     _, callback = model._setup_learn(10**7)
     if isinstance(model, OnPolicyAlgorithm):
@@ -294,11 +302,11 @@ def _train_chunk(algo: str, env: str, updater: str, steps: int, fused_adam: bool
             model.train(gradient_steps=steps, batch_size=model.batch_size)
         n_steps = steps
     chunk()  # warm-up
-    return chunk, n_steps
+    return chunk, n_steps, model
 
 
 def overhead(tasks: list[str], updaters: list[str], rounds: int, steps: int,
-             fused_adam: bool) -> list[dict]:
+             fused_adam: bool, hyperparams: str = "zoo") -> list[dict]:
     """Time ``train()`` per optimizer step in one process, the updaters interleaved
     (same filled buffer, medians of ``rounds``, the starting updater rotating); topology
     updates run (``t_end`` far away), so this is the cost before ``t_end``."""
@@ -309,9 +317,10 @@ def overhead(tasks: list[str], updaters: list[str], rounds: int, steps: int,
     torch.set_num_threads(1)
     out = []
     for spec in tasks:
-        algo, env = spec.split(":")[:2]
-        chunks = {u: _train_chunk(algo, env, u, steps, fused_adam) for u in updaters}
-        raw = sample_interleaved({u: c for u, (c, _) in chunks.items()}, rounds=rounds,
+        algo, env, budget = spec.split(":")
+        chunks = {u: _train_chunk(algo, env, u, steps, fused_adam, hyperparams,
+                                  int(float(budget))) for u in updaters}
+        raw = sample_interleaved({u: c[0] for u, c in chunks.items()}, rounds=rounds,
                                  warmup=0, rotate=True)
         times = {u: [t / chunks[u][1] * 1e6 for t in s] for u, s in raw.items()}
         base = statistics.median(times["dense"]) if "dense" in times else math.nan
@@ -320,7 +329,8 @@ def overhead(tasks: list[str], updaters: list[str], rounds: int, steps: int,
             med, low = statistics.median(times[updater]), min(times[updater])
             out.append({"task": f"{algo}-{env}", "updater": updater, "us_per_step": med,
                         "vs_dense": med / base, "us_per_step_min": low,
-                        "vs_dense_min": low / base_min, "fused_adam": fused_adam})
+                        "vs_dense_min": low / base_min, "fused_adam": fused_adam,
+                        "hyperparams": hyperparams})
             print(f"{algo}-{env} {updater:6s} {med:8.1f} us/step  x{med / base:.3f} "
                   f"(min x{low / base_min:.3f})", flush=True)
     return out
@@ -465,7 +475,7 @@ def _curves(rows: list[dict], root: Path, task: str, method: str):
     for r in rows:
         if r["task"] != task or r["method"] != method:
             continue
-        path = root / "runs" / f"{task}-{method}-s{r['seed']}" / "evaluations.csv"
+        path = root / "runs" / run_dir(task, method, r["seed"]) / "evaluations.csv"
         with open(path) as fh:
             curves.append([(float(a), float(b)) for a, b, _ in list(csv.reader(fh))[1:]])
     n = min(len(c) for c in curves)
@@ -581,12 +591,13 @@ def main_rollout(args) -> int:
 
 
 def main_overhead(args) -> int:
-    """``--overhead``: overhead[_fused].csv and .md under ``--out``."""
+    """``--overhead``: overhead[_<hyperparams>][_fused].csv and .md under ``--out``."""
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     rows = overhead(list(args.tasks or DEFAULT_TASKS), list(args.updaters), args.rounds,
-                    args.steps, args.fused_adam)
-    name = "overhead_fused" if args.fused_adam else "overhead"
+                    args.steps, args.fused_adam, args.hyperparams)
+    name = "overhead" + ("" if args.hyperparams == "zoo" else f"_{args.hyperparams}") + (
+        "_fused" if args.fused_adam else "")
     _write_csv(root / f"{name}.csv", rows)
     lines = ["| task | updater | µs per optimizer step (median) | vs dense (median) | "
              "vs dense (best round) |", "|---|---|---|---|---|"]
