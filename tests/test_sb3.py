@@ -486,3 +486,25 @@ def test_rl_defaults_per_algorithm_family():
         for topo in model.policy.topologies.values():
             assert topo.schedule.delta_t == want["delta_t"]
             assert topo.schedule.drop_fraction == want["drop_fraction"]
+
+
+def test_adam_runs_fused_unless_the_user_chose_an_implementation():
+    """Single-tensor Adam is slow on the zero moments of masked weights (docs/rl.md)."""
+    def optimizers(model):
+        return [topo.optimizer for topo in model.policy.topologies.values()]
+
+    for name in ALGOS:
+        model = make(name)
+        for opt in optimizers(model):
+            want = None if isinstance(opt, torch.optim.RMSprop) else True  # A2C: RMSprop
+            assert opt.defaults.get("fused") is want, name
+        if name == "PPO":  # SB3's PPO eps survives
+            assert optimizers(model)[0].defaults["eps"] == 1e-5
+    for kwargs in ({"fused": False}, {"foreach": True}):
+        model = make("DQN", optimizer_kwargs=kwargs)
+        opt = optimizers(model)[0]
+        assert opt.defaults["fused"] in (False, None) and opt.defaults.get("foreach") \
+            is kwargs.get("foreach")
+    model = make("PPO")
+    model.learn(STEPS["PPO"])
+    check_invariants(model)  # fused Adam keeps masked weights and moments at 0
