@@ -223,3 +223,36 @@ def test_overhead_times_the_agent_of_the_chosen_table(monkeypatch):
     assert all(r["hyperparams"] == "graesser" for r in rows)
     assert [m.policy.net_arch for m in built] == [[512, 512]] * 2
     assert all(m.batch_size == 128 for m in built)
+
+
+def test_report_tabulates_a_sweep_under_way_and_names_what_is_missing(tmp_path, capsys):
+    argv = ["--tasks", "dqn:CartPole-v1:1000", "--updaters", "dense", "set", "--seeds", "2",
+            "--out", str(tmp_path)]
+    jobs = bench_rl.make_jobs(bench_rl.build_parser().parse_args(argv), ["dqn:CartPole-v1:1000"],
+                              tmp_path)
+    for job in jobs[:3]:  # dense s0, set s0, dense s1 finished; set s1 not
+        out = Path(job["out"])
+        out.mkdir(parents=True)
+        (out / "evaluations.csv").write_text("timesteps,mean,std\n0,10,0\n1000,20,0\n")
+        (out / "summary.json").write_text(json.dumps(dict(
+            final_mean=20.0, final_std=0.0, best_mean=20.0, last10_mean=20.0, train_s=1.0,
+            density=1.0, updates=0, itop=0.0, flops_forward=1.0, flops_ratio=1.0)))
+    assert bench_rl.main([*argv, "--report"]) == 0
+    assert "1 of 4 runs not finished, left out: dqn-CartPole-v1-set-s1" in capsys.readouterr().out
+    md = (tmp_path / "summary.md").read_text()
+    assert "seeds per row: dqn-CartPole-v1 dense 2, dqn-CartPole-v1 set 1" in md
+    for job in jobs:
+        (Path(job["out"]) / "summary.json").unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        bench_rl.main([*argv, "--report"])
+
+
+def test_fused_adam_flag_leaves_an_rmsprop_table_alone():
+    import torch
+
+    model, _ = make_agent("dqn", "MinAtar/Breakout-v1", "srigl", 0.9, hyperparams="minatar",
+                          timesteps=1000, fused_adam=True)
+    assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
+    assert not model.policy.optimizer.defaults.get("fused")
+    dense, _ = make_agent("dqn", "CartPole-v1", "dense", fused_adam=True)
+    assert dense.policy.optimizer.defaults["fused"] is True

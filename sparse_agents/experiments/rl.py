@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import stable_baselines3 as sb3
+import torch
 from gymnasium.wrappers import TransformReward
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
@@ -32,6 +33,7 @@ from sparse_agents.experiments.hyperparams import (
     resolve_schedules,
 )
 from sparse_agents.sb3 import (
+    FUSED_BY_DEFAULT,
     SPARSE_DEFAULTS,
     SparseActorCriticCnnPolicy,
     SparseActorCriticPolicy,
@@ -121,7 +123,8 @@ def _split_hyperparameters(algo: str, env_id: str, overrides: dict | None, updat
     sparse_hp = {k: hp.pop(k) for k in list(hp) if k in SPARSE_DEFAULTS}
     if sparse_hp and updater == DENSE:
         raise ValueError(f"sparse options {sorted(sparse_hp)} given with --updater dense")
-    if fused_adam and algo != "a2c":
+    adam = policy_kwargs.get("optimizer_class", torch.optim.Adam) in FUSED_BY_DEFAULT
+    if fused_adam and algo != "a2c" and adam:  # A2C and MinAtar's DQN: RMSprop
         opt_kwargs = {"eps": 1e-5} if algo == "ppo" else {}
         opt_kwargs.update(policy_kwargs.get("optimizer_kwargs") or {})
         opt_kwargs["fused"] = True

@@ -16,6 +16,7 @@ from sparse_agents.sb3.callbacks import SparsityCallback
 from sparse_agents.sb3.extractors import MinAtarCNN
 from sparse_agents.sb3.mixin import (
     FAMILY_DEFAULTS,
+    FUSED_BY_DEFAULT,
     SPARSE_DEFAULTS,
     SparsePolicyMixin,
     TopologyState,
@@ -50,6 +51,7 @@ register_aliases()
 
 __all__ = [
     "FAMILY_DEFAULTS",
+    "FUSED_BY_DEFAULT",
     "SPARSE_DEFAULTS",
     "CondensedRollout",
     "MinAtarCNN",

@@ -558,7 +558,10 @@ def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: fl
     md = markdown(summary, args.sparsity)
     budgets = ", ".join(f"{j['task']} {j['timesteps']} steps" for j in
                         {j["task"]: j for j in jobs}.values())
-    md += (f"\nBudgets: {budgets}; {args.seeds} seeds; {args.workers} workers; "
+    counts = {f"{r['task']} {r['method']}": r["seeds"] for r in summary}
+    seeds = (f"{args.seeds} seeds" if set(counts.values()) <= {args.seeds} else
+             "seeds per row: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    md += (f"\nBudgets: {budgets}; {seeds}; {args.workers} workers; "
            f"{'Adam(fused=True)' if args.fused_adam else 'SB3 default optimizers'}; "
            f"hyperparameters: {args.hyperparams}"
            + ("" if args.report else f"; total wall {time.perf_counter() - start:.0f} s")
@@ -634,6 +637,14 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     jobs = make_jobs(args, tasks, root)
+    if args.report:  # a sweep still under way: tabulate the finished runs
+        missing = [j for j in jobs if not (Path(j["out"]) / "summary.json").exists()]
+        if missing:
+            print(f"--report: {len(missing)} of {len(jobs)} runs not finished, left out: "
+                  + ", ".join(Path(j["out"]).name for j in missing), flush=True)
+        jobs = [j for j in jobs if j not in missing]
+        if not jobs:
+            raise FileNotFoundError(f"--report: no finished run under {root / 'runs'}")
     print(f"{len(jobs)} runs on {args.workers} workers -> {root}", flush=True)
     start = time.perf_counter()
     rows = run_jobs(jobs, args.workers, start)
