@@ -241,6 +241,7 @@ def test_report_tabulates_a_sweep_under_way_and_names_what_is_missing(tmp_path, 
     assert "1 of 4 runs not finished, left out: dqn-CartPole-v1-set-s1" in capsys.readouterr().out
     md = (tmp_path / "summary.md").read_text()
     assert "seeds per row: dqn-CartPole-v1 dense 2, dqn-CartPole-v1 set 1" in md
+    assert "optimizers: dense not recorded; set not recorded" in md  # older summaries
     for job in jobs:
         (Path(job["out"]) / "summary.json").unlink(missing_ok=True)
     with pytest.raises(FileNotFoundError, match="no finished run"):
@@ -256,3 +257,18 @@ def test_fused_adam_flag_leaves_an_rmsprop_table_alone():
     assert not model.policy.optimizer.defaults.get("fused")
     dense, _ = make_agent("dqn", "CartPole-v1", "dense", fused_adam=True)
     assert dense.policy.optimizer.defaults["fused"] is True
+
+
+def test_runs_record_which_optimizer_trained_them():
+    from sparse_agents.experiments.rl import optimizer_label
+
+    sparse_sac, _ = make_agent("sac", "Pendulum-v1", "rigl", 0.9)
+    dense_dqn, _ = make_agent("dqn", "CartPole-v1", "dense")
+    minatar, _ = make_agent("dqn", "MinAtar/Breakout-v1", "rigl", 0.9, hyperparams="minatar",
+                            timesteps=1000)
+    assert [optimizer_label(m.policy) for m in (sparse_sac, dense_dqn, minatar)] == [
+        "Adam(fused)", "Adam", "RMSprop"]
+    rows = [dict(method="dense", optimizer="Adam"), dict(method="rigl", optimizer="Adam(fused)"),
+            dict(method="rigl")]
+    assert bench_rl.optimizer_note(rows) == (
+        "optimizers: dense Adam; rigl Adam(fused), not recorded")

@@ -1,5 +1,6 @@
 """Sparse SB3 agents: PPO, A2C, DQN, SAC and TD3 with tiny budgets (issue 5)."""
 
+import json
 import math
 import os
 import subprocess
@@ -421,6 +422,9 @@ def test_train_agent_cli_writes_model_csv_and_plot(tmp_path):
     assert main(tiny + ["--updater", "dense", "--out", str(tmp_path / "dense"),
                         "--no-plot"]) == 0
     assert type(PPO.load(tmp_path / "dense" / "model.zip").policy) is ActorCriticPolicy
+    optimizers = [json.loads((d / "summary.json").read_text())["optimizer"]
+                  for d in (out, tmp_path / "dense")]
+    assert optimizers == ["Adam(fused)", "Adam"]  # what trained each run is recorded
     with pytest.raises(SystemExit):
         main(["--sparsity", "1.5", "--out", str(tmp_path / "bad")])
 

@@ -35,6 +35,7 @@ from sparse_agents.experiments.rl import (
     evaluation_callback,
     last_fraction_score,
     make_agent,
+    optimizer_label,
 )
 from sparse_agents.updaters import DENSE, updater_names
 
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "last10_mean": last_fraction_score(rows), "hyperparams": args.hyperparams,
         "wall_s": wall, "eval_s": callback.seconds, "train_s": wall - callback.seconds,
         "density": metrics.get("density", 1.0), "updates": metrics.get("updates", 0),
-        "itop": metrics.get("itop", math.nan),
+        "itop": metrics.get("itop", math.nan), "optimizer": optimizer_label(model.policy),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"done in {wall:.1f}s ({wall - callback.seconds:.1f}s training): final return "

@@ -45,8 +45,8 @@ from sparse_agents.sb3 import (
 from sparse_agents.updaters import DENSE, get_updater
 
 __all__ = ["ALGOS", "DEFAULT_ENV", "HYPERPARAMS", "SPARSE_POLICIES", "evaluation_callback",
-           "last_fraction_score", "make_agent", "register_env", "train_and_evaluate",
-           "write_curve_csv"]
+           "last_fraction_score", "make_agent", "optimizer_label", "register_env",
+           "train_and_evaluate", "write_curve_csv"]
 
 ALGOS = ("ppo", "a2c", "dqn", "sac", "td3")
 DEFAULT_ENV = {"ppo": "CartPole-v1", "a2c": "CartPole-v1", "dqn": "CartPole-v1",
@@ -273,6 +273,15 @@ def last_fraction_score(rows: list, fraction: float = 0.1) -> float:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     k = max(1, int(fraction * len(rows)))
     return float(np.mean([r[1] for r in rows[-k:]]))
+
+
+def optimizer_label(policy: torch.nn.Module) -> str:
+    """The optimizers training ``policy``, e.g. ``"Adam(fused)"`` or ``"RMSprop"``
+    (SAC/TD3's actor and critic optimizers once each)."""
+    optimizers = [m.optimizer for m in policy.modules()
+                  if isinstance(getattr(m, "optimizer", None), torch.optim.Optimizer)]
+    return ", ".join(sorted({type(o).__name__ + ("(fused)" if o.defaults.get("fused") else "")
+                             for o in optimizers}))
 
 
 def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: str = "srigl",

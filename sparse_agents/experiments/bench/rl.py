@@ -546,7 +546,18 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) ->
 RESULT_FIELDS = ["task", "algo", "env", "method", "updater", "distribution", "sparsity",
                  "seed", "timesteps", "last10_mean", "final_mean", "final_std", "best_mean",
                  "train_s", "eval_s", "wall_s",
-                 "density", "updates", "itop", "flops_forward", "flops_ratio"]
+                 "density", "updates", "itop", "flops_forward", "flops_ratio", "optimizer"]
+
+
+def optimizer_note(rows: list[dict]) -> str:
+    """What trained each method, from the runs' summaries (older runs did not record it:
+    they predate fused Adam in sparse policies and ran SB3's single-tensor default
+    unless ``--fused-adam``)."""
+    by_method: dict[str, set] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], set()).add(r.get("optimizer") or "not recorded")
+    return "optimizers: " + "; ".join(f"{m} {', '.join(sorted(v))}"
+                                      for m, v in by_method.items())
 
 
 def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: float) -> str:
@@ -562,7 +573,7 @@ def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: fl
     seeds = (f"{args.seeds} seeds" if set(counts.values()) <= {args.seeds} else
              "seeds per row: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     md += (f"\nBudgets: {budgets}; {seeds}; {args.workers} workers; "
-           f"{'Adam(fused=True)' if args.fused_adam else 'SB3 default optimizers'}; "
+           f"{optimizer_note(rows)}; "
            f"hyperparameters: {args.hyperparams}"
            + ("" if args.report else f"; total wall {time.perf_counter() - start:.0f} s")
            + ".\n")
