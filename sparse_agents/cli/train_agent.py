@@ -32,6 +32,7 @@ from sparse_agents.experiments.hyperparams import SOURCES, hyperparameters
 from sparse_agents.experiments.rl import (
     ALGOS,
     DEFAULT_ENV,
+    env_slug,
     evaluation_callback,
     last_fraction_score,
     make_agent,
@@ -139,8 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--timesteps must be >= 1, got {args.timesteps}")
     torch.set_num_threads(max(1, args.threads))
     env_id = args.env or DEFAULT_ENV[args.algo]
-    out = Path(args.out or f"runs/{args.algo}-{env_id.replace('/', '-')}-{args.updater}"
-                           f"-s{args.seed}")
+    out = Path(args.out or f"runs/{args.algo}-{env_slug(env_id)}-{args.updater}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     overrides = parse_overrides(args.hp)
     sparse_options: dict[str, Any] = {"condensed_rollout": args.condensed_rollout}

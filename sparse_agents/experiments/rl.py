@@ -45,7 +45,7 @@ from sparse_agents.sb3 import (
 from sparse_agents.updaters import DENSE, get_updater
 
 __all__ = ["ALGOS", "DEFAULT_ENV", "HYPERPARAMS", "SPARSE_POLICIES", "evaluation_callback",
-           "last_fraction_score", "make_agent", "optimizer_label", "register_env",
+           "env_slug", "last_fraction_score", "make_agent", "optimizer_label", "register_env",
            "train_and_evaluate", "write_curve_csv"]
 
 ALGOS = ("ppo", "a2c", "dqn", "sac", "td3")
@@ -83,6 +83,12 @@ def register_env(env_id: str) -> None:
             getattr(module, function)()
         else:
             gym.register_envs(module)
+
+
+def env_slug(env_id: str) -> str:
+    """``env_id`` as one folder-name component (``MinAtar/Breakout-v1`` ->
+    ``MinAtar-Breakout-v1``)."""
+    return env_id.replace("/", "-")
 
 
 def is_atari(env_id: str) -> bool:

@@ -115,8 +115,6 @@ def run_one(job: dict) -> dict:
             summary.update(saved_flops(out / "model.zip", job["algo"]))  # older runs
             done.write_text(json.dumps(summary, indent=2))
         return summary
-    if job.get("report"):
-        raise FileNotFoundError(f"--report: no finished run in {out}")
     argv = ["--algo", job["algo"], "--env", job["env"], "--updater", job["updater"],
             "--sparsity", str(job["sparsity"]), "--timesteps", str(job["timesteps"]),
             "--seed", str(job["seed"]), "--distribution", job["distribution"],
@@ -236,14 +234,16 @@ def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
                                  evals=args.evals, eval_episodes=args.eval_episodes,
                                  hp=[*args.hp, *v["extra_hp"]], resume=args.resume,
                                  masked_total=v.get("masked_total"),
-                                 fused_adam=args.fused_adam, report=args.report,
+                                 fused_adam=args.fused_adam,
                                  out=str(root / "runs" / run_dir(task, v["method"], seed))))
     return jobs
 
 
 def run_dir(task: str, method: str, seed: int) -> str:
     """A run's folder under ``runs/`` (``/`` of ``MinAtar/...`` ids becomes ``-``)."""
-    return f"{task.replace('/', '-')}-{method}-s{seed}"
+    from sparse_agents.experiments.rl import env_slug
+
+    return f"{env_slug(task)}-{method}-s{seed}"
 
 
 def run_jobs(jobs: list[dict], workers: int, start: float) -> list[dict]:
