@@ -272,3 +272,19 @@ def test_runs_record_which_optimizer_trained_them():
             dict(method="rigl")]
     assert bench_rl.optimizer_note(rows) == (
         "optimizers: dense Adam; rigl Adam(fused), not recorded")
+
+
+def test_nonzero_params_count_what_the_agent_stores_without_target_networks():
+    from sparse_agents.experiments.rl import nonzero_params
+
+    dense, _ = make_agent("dqn", "CartPole-v1", "dense")
+    sparse, _ = make_agent("dqn", "CartPole-v1", "rigl", 0.9)
+    q_net = sum(p.numel() for p in dense.policy.q_net.parameters())
+    assert nonzero_params(dense.policy) == q_net  # the target network is not counted
+    masks = sparse.policy.topologies
+    active = sum(int(m.sum()) for t in masks.values() for m in t.masks.values())
+    masked = sum(m.numel() for t in masks.values() for m in t.masks.values())
+    biases = sum(p.numel() for n, p in sparse.policy.q_net.named_parameters()
+                 if not n.endswith("weight"))
+    assert nonzero_params(sparse.policy) == active + biases
+    assert active < 0.11 * masked

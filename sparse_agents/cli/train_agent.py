@@ -36,6 +36,7 @@ from sparse_agents.experiments.rl import (
     evaluation_callback,
     last_fraction_score,
     make_agent,
+    nonzero_params,
     optimizer_label,
 )
 from sparse_agents.updaters import DENSE, updater_names
@@ -194,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": wall, "eval_s": callback.seconds, "train_s": wall - callback.seconds,
         "density": metrics.get("density", 1.0), "updates": metrics.get("updates", 0),
         "itop": metrics.get("itop", math.nan), "optimizer": optimizer_label(model.policy),
+        "nonzero_params": nonzero_params(model.policy),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"done in {wall:.1f}s ({wall - callback.seconds:.1f}s training): final return "

@@ -290,6 +290,13 @@ def optimizer_label(policy: torch.nn.Module) -> str:
                              for o in optimizers}))
 
 
+def nonzero_params(policy: torch.nn.Module) -> int:
+    """Nonzero parameters of ``policy`` (weights, biases, ``log_std``), target networks
+    (``*_target``) left out: what a sparse agent stores, Graesser et al.'s parameter count."""
+    return sum(int(p.count_nonzero()) for name, p in policy.named_parameters()
+               if not any(part.endswith("_target") for part in name.split(".")))
+
+
 def train_and_evaluate(algo: str = "ppo", env_id: str = "CartPole-v1", updater: str = "srigl",
                        sparsity: float = 0.9, distribution: str = "erk",
                        timesteps: int = 50_000, seed: int = 0, eval_episodes: int = 10,

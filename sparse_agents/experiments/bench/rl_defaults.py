@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -26,6 +27,9 @@ CONFIGS: dict[str, list[str]] = {
     "C": ["--delta-t", "1000", "--drop-fraction", "0.1", "--t-end-fraction", "0.8"],
     "D": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
           "--hp", DENSE_INPUT],
+    # wider sparse networks under the defaults (SB3's default is 64x64)
+    "w128": ["--hp", "net_arch=[128,128]"],
+    "w256": ["--hp", "net_arch=[256,256]"],
 }
 
 
@@ -61,20 +65,21 @@ def run_missing(out: Path, configs: list[str], seeds: list[int], timesteps: int,
 
 def score(folder: Path) -> dict[str, float]:
     """Final evaluation return, the mean of the last 10% of the evaluations
-    (:func:`~sparse_agents.experiments.rl.last_fraction_score`), and the final density of
-    one run."""
+    (:func:`~sparse_agents.experiments.rl.last_fraction_score`), the final density and the
+    nonzero parameters (NaN for runs from before they were recorded) of one run."""
     rows = [(int(r["timesteps"]), float(r["mean"]), float(r["std"]))
             for r in csv.DictReader(open(folder / "evaluations.csv"))]
     summary = json.loads((folder / "summary.json").read_text())
     return {"final": rows[-1][1], "last10": last_fraction_score(rows),
-            "density": float(summary["density"])}
+            "density": float(summary["density"]),
+            "nonzero": float(summary.get("nonzero_params", math.nan))}
 
 
 def table(out: Path, configs: list[str], seeds: list[int]) -> str:
     """Markdown: per config, the final returns per seed, their mean +- std, the last-10%
     mean +- std and seed 0's density."""
-    lines = ["| config | final per seed | final mean ± std | last 10% mean ± std | density |",
-             "|---|---|---|---|---|"]
+    lines = ["| config | final per seed | final mean ± std | last 10% mean ± std | density "
+             "| nonzero params |", "|---|---|---|---|---|---|"]
     for name in configs:
         runs = [score(out / f"{name}-s{s}") for s in seeds
                 if (out / f"{name}-s{s}" / "summary.json").exists()]
@@ -82,8 +87,13 @@ def table(out: Path, configs: list[str], seeds: list[int]) -> str:
             continue
         finals, lasts = [r["final"] for r in runs], [r["last10"] for r in runs]
         lines.append(f"| {name} | {', '.join(f'{x:.0f}' for x in finals)} | "
-                     f"{_mean_std(finals)} | {_mean_std(lasts)} | {runs[0]['density']:.3f} |")
+                     f"{_mean_std(finals)} | {_mean_std(lasts)} | {runs[0]['density']:.3f} | "
+                     f"{_count(runs[0]['nonzero'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _count(n: float) -> str:
+    return "not recorded" if math.isnan(n) else f"{n:.0f}"
 
 
 def _mean_std(values: list[float]) -> str:
