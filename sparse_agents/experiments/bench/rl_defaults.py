@@ -30,6 +30,8 @@ CONFIGS: dict[str, list[str]] = {
     # wider sparse networks under the defaults (SB3's default is 64x64)
     "w128": ["--hp", "net_arch=[128,128]"],
     "w256": ["--hp", "net_arch=[256,256]"],
+    "static-w128": ["--updater", "static", "--hp", "net_arch=[128,128]"],
+    "dense-w128": ["--updater", "dense", "--hp", "net_arch=[128,128]"],
 }
 
 
