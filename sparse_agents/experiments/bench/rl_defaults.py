@@ -27,6 +27,7 @@ CONFIGS: dict[str, list[str]] = {
     "C": ["--delta-t", "1000", "--drop-fraction", "0.1", "--t-end-fraction", "0.8"],
     "D": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
           "--hp", DENSE_INPUT],
+    "dense-input": ["--hp", DENSE_INPUT],  # the defaults, input layers dense
     # wider sparse networks under the defaults (SB3's default is 64x64)
     "w128": ["--hp", "net_arch=[128,128]"],
     "w256": ["--hp", "net_arch=[256,256]"],
