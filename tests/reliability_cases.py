@@ -456,7 +456,7 @@ CASES: list[Case] = [
          has("output_layers pattern 'nope' matches no", "action_net")),
     Case("sb3/dense-checkpoint", "dense `ActorCriticPolicy` state dict loaded into the "
          "sparse policy", sb3_dense_checkpoint, V,
-         has(r"no mask 'mlp_extractor\.policy_net\.0\.weight_mask'", "sparse model")),
+         has(r"no mask 'mlp_extractor\.policy_net\.2\.weight_mask'", "sparse model")),
     Case("sb3/task-policy-n-tasks", "`TaskMaskActorCriticPolicy` with `sparsity=0.5, "
          "n_tasks=5`", lambda: policy(TaskMaskActorCriticPolicy, sparsity=0.5, n_tasks=5), V,
          has(r"sparsity must be in \[0\.8, 1\) for 5 tasks")),

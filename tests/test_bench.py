@@ -142,10 +142,11 @@ def test_rl_defaults_report_scores_final_and_last_ten_percent(tmp_path, capsys):
         run.mkdir()
         rows = "\n".join(f"{t},{m},0" for t, m in zip((0, 30, 95, 100), curve, strict=True))
         (run / "evaluations.csv").write_text("timesteps,mean,std\n" + rows + "\n")
-        (run / "summary.json").write_text(json.dumps({"density": 0.1}))
+        recorded = {"nonzero_params": 1081} if seed == 0 else {}  # older runs: none
+        (run / "summary.json").write_text(json.dumps({"density": 0.1, **recorded}))
     assert rl_defaults.main(["--out", str(tmp_path), "--configs", "C", "--seeds", "0", "1",
                              "--report-only"]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
     # finals 500 and 100; the last 10% of 4 evaluations is the last one
-    assert row == "| C | 500, 100 | 300.0 ± 200.0 | 300.0 ± 200.0 | 0.100 |"
+    assert row == "| C | 500, 100 | 300.0 ± 200.0 | 300.0 ± 200.0 | 0.100 | 1081 |"
     assert (tmp_path / "summary.md").read_text().endswith(row + "\n")

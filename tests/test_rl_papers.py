@@ -113,8 +113,10 @@ def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width()
     for name in ("rigl-w64", "rigl-w128"):
         row = rows[name]
         width = int(name.rsplit("-w", 1)[1])
+        assert "dense_input=False" in row["extra_hp"]  # the budget counts input layers
         model, _ = make_agent("ppo", "CartPole-v1", "rigl", row["sparsity"],
-                              overrides={"net_arch": [width, width]})
+                              overrides={"net_arch": [width, width]},
+                              sparse_options={"dense_input": False})
         active = sum(int(m.sum()) for t in model.policy.topologies.values()
                      for m in t.masks.values())
         assert row["masked_total"] > budget and abs(active - budget) <= 0.01 * budget, name

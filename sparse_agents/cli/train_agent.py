@@ -1,6 +1,6 @@
 """Train a (sparse) SB3 agent from the command line, rl-zoo style.
 
-    sparse-train --timesteps 100000 --hp "net_arch=[128,128]" --out runs/quickstart  # README
+    sparse-train --timesteps 100000 --out runs/quickstart          # the README quickstart
     python scripts/train_agent.py --algo dqn --updater rigl --sparsity 0.9 --out runs/dqn
 
 Writes to ``--out``: ``model.zip`` (load with ``PPO.load``), ``evaluations.csv``

@@ -72,6 +72,7 @@ SPARSE_DEFAULTS: dict[str, Any] = {
     "schedule": "cosine",
     "gamma_sal": 0.3,
     "dense_layers": (),
+    "dense_input": False,  # keep the layers that read the observation dense (None: if they fit)
     "output_layers": None,  # None: the policy's heads (action_net, value_net, q-heads...)
     "seed": 0,
     "condensed_rollout": False,
@@ -80,11 +81,13 @@ SPARSE_DEFAULTS: dict[str, Any] = {
 }
 
 #: RL defaults per algorithm family, replacing the image-classification ones (update every
-#: 100 steps, drop 0.3). On-policy (PPO, A2C): measured in docs/rl.md ("RL defaults");
+#: 100 steps, drop 0.3). On-policy (PPO, A2C): measured in docs/rl.md ("RL defaults"),
+#: input layers dense included;
 #: off-policy (DQN, SAC, TD3): Graesser et al. 2022's configs (update every 1000
 #: training steps, drop fraction 0.5 cosine, updates stop at 80%).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "on_policy": {"delta_t": 1000, "drop_fraction": 0.1, "t_end_fraction": 0.8},
+    "on_policy": {"delta_t": 1000, "drop_fraction": 0.1, "t_end_fraction": 0.8,
+                  "dense_input": None},
     "off_policy": {"delta_t": 1000, "drop_fraction": 0.5, "t_end_fraction": 0.8},
 }
 
@@ -111,15 +114,21 @@ def fused_optimizer_kwargs(optimizer_class: type, kwargs: Mapping[str, Any] | No
 
 def defaults_for(policy_class: type) -> dict[str, Any]:
     """The sparse options' defaults for a policy class: :data:`SPARSE_DEFAULTS` with its
-    family's RL schedule (actor-critic policies are on-policy, the others off-policy)."""
+    family's RL schedule (actor-critic policies are on-policy, the others off-policy),
+    then the class's own ``sparse_defaults`` (e.g. per-task masks keep no shared dense
+    input layer)."""
     family = "on_policy" if issubclass(policy_class, ActorCriticPolicy) else "off_policy"
-    return {**SPARSE_DEFAULTS, **FAMILY_DEFAULTS[family]}
+    return {**SPARSE_DEFAULTS, **FAMILY_DEFAULTS[family],
+            **getattr(policy_class, "sparse_defaults", {})}
 
 
 #: module names (last component) that are heads when they are a Linear ...
 _HEAD_LINEARS = ("action_net", "value_net", "mu", "log_std")
 #: ... or whose last Linear is the head when they are a Sequential
 _HEAD_SEQUENTIALS = re.compile(r"q_net|qf\d+|mu")
+#: the MLPs SB3 builds on the features: their first Linear reads the observation when no
+#: features extractor with weights comes before it
+_INPUT_SEQUENTIALS = re.compile(r"policy_net|value_net|q_net|latent_pi|qf\d+|mu")
 
 
 def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +152,9 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
     if opts["condensed_rollout"] not in (True, False):
         raise ValueError(
             f"condensed_rollout must be True or False, got {opts['condensed_rollout']!r}")
+    if opts["dense_input"] not in (True, False, None):
+        raise ValueError("dense_input must be True, False or None (dense if they fit in the "
+                         f"budget), got {opts['dense_input']!r}")
     if opts["log_sparsity"] not in (True, False):
         raise ValueError(f"log_sparsity must be True or False, got {opts['log_sparsity']!r}")
     kw = opts["topology_kwargs"]
@@ -318,6 +330,8 @@ class SparseRuntime:
                 f"{type(policy).__name__} has no maskable layer (nn.Linear or "
                 "nn.Conv1d/2d/3d trained by its optimizer): nothing to sparsify")
         dense = _split_patterns(opts["dense_layers"], names, "dense_layers")
+        dense = [pats + input_patterns(policy, group, pats, opts)
+                 for pats, group in zip(dense, names, strict=True)]
         if opts["output_layers"] is None:
             # the heads, or (none found) the topology's default: its last masked layer
             outputs = [default_heads(policy, n) or None for n in names]
@@ -585,6 +599,48 @@ def default_heads(policy: nn.Module, names: list[str]) -> list[str]:
     return [re.escape(n) for n in heads + list(by_parent.values())]
 
 
+def input_layers(policy: nn.Module, names: list[str]) -> list[str]:
+    """The layers among ``names`` that read the observation: the first Linear of each MLP
+    SB3 builds on the features (policy_net, value_net, q_net, latent_pi, qf<i>, mu), heads
+    excepted; none when a features extractor has weights (CNN policies: its first layer
+    is not tiny, and the MLPs read its output)."""
+    if any(find_maskable(module) for name, module in policy.named_modules()
+           if name.rpartition(".")[2].endswith("features_extractor")):
+        return []
+    heads = set(default_heads(policy, names))
+    first: dict[str, str] = {}
+    for n in names:
+        parent = n.rpartition(".")[0]
+        if parent and _INPUT_SEQUENTIALS.fullmatch(parent.rpartition(".")[2]) and \
+                isinstance(policy.get_submodule(parent), nn.Sequential):
+            first.setdefault(parent, n)  # model order: the first one wins
+    return [p for p in map(re.escape, first.values()) if p not in heads]
+
+
+def input_patterns(policy: nn.Module, names: list[str], dense: list,
+                   opts: Mapping[str, Any]) -> list[str]:
+    """The :func:`input_layers` of one topology's ``names`` to keep dense besides the
+    ``dense`` patterns, by ``opts["dense_input"]``: all (``True``), none (``False``), or
+    (``None``) all if the dense layers then fit in the topology's budget of ``1 -
+    sparsity`` of the weights and the other layers pay for them (ERK, ER, or uniform with
+    ``renormalise``), else none: small networks at high sparsity, and plain uniform (every
+    masked layer at ``1 - sparsity``), keep every layer masked."""
+    if opts["dense_input"] is False:
+        return []
+    extra = [p for p in input_layers(policy, names) if p not in dense]
+    if opts["dense_input"] is None:
+        if opts["distribution"] == "uniform" and \
+                not (opts["topology_kwargs"] or {}).get("renormalise"):
+            return []
+        sparsity = opts["sparsity"]
+        sizes = {n: policy.get_submodule(n).weight.numel() for n in names}
+        kept = sum(sizes[n] for i, n in enumerate(names)
+                   if any(match_layer(p, i, n) for p in dense + extra))
+        if kept > (1.0 - sparsity) * sum(sizes.values()):
+            return []
+    return extra
+
+
 def calling_algorithm(policy: nn.Module, frame, depth: int = 4
                       ) -> tuple[BaseAlgorithm | None, bool]:
     """The SB3 algorithm that called ``policy.set_training_mode`` and whether the call
@@ -621,6 +677,10 @@ class SparsePolicyMixin:
         t_end_fraction: see ``t_end`` (0.8).
         drop_fraction, schedule, gamma_sal: as in ``SparseTopology``.
         dense_layers: module names/regexes (or indices) of layers kept dense.
+        dense_input: keep dense the layers that read the observation (the first Linear
+            of each MLP on a weightless features extractor; :func:`input_layers`).
+            ``None`` (PPO/A2C's default): dense if they fit in the weight budget, else
+            masked; ``False``: DQN/SAC/TD3's default.
         output_layers: layers SRigL never ablates (default: the heads: action_net,
             value_net, the last Linear of q_net / qf<i>, actor mu and log_std).
         seed: seed of the topology RNG (the i-th optimizer's topology gets seed + i).

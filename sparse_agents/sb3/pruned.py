@@ -34,6 +34,7 @@ from sparse_agents.sb3.mixin import (
     _check_options,
     _optimizers,
     defaults_for,
+    input_layers,
     make_sparse,
 )
 from sparse_agents.topology import MASK_BUFFER, MASK_SOURCES, MASKABLE, match_layer
@@ -101,8 +102,10 @@ def continue_sparse(model: BaseAlgorithm, masks: str | Mapping[str, Tensor] = "e
 
     layers = _maskable(model.policy)
     weights, buffers = _dense_state(model.policy)  # the user's model is not touched
-    chosen = _read_masks(model.policy, masks, layers, weights, buffers,
-                         options.get("dense_layers", ()))
+    dense = list(options.get("dense_layers", ()))
+    if options["dense_input"]:
+        dense += [p for names in layers for p in input_layers(model.policy, names)]
+    chosen = _read_masks(model.policy, masks, layers, weights, buffers, tuple(dense))
     sparsity = _sparsity(chosen, layers, weights)
 
     topology_kwargs = dict(options.pop("topology_kwargs", None) or {}, masks=chosen)
@@ -135,6 +138,7 @@ def _options(options: Mapping[str, Any], policy_class: type) -> dict[str, Any]:
     out["dense_layers"] = (dense,) if isinstance(dense, (str, int)) else tuple(dense or ())
     if not out["dense_layers"]:
         del out["dense_layers"]
+    out["dense_input"] = out.get("dense_input") is True  # else the masks decide every layer
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sparse_agents.sb3.mixin import SparseRuntime, default_heads
+from sparse_agents.sb3.mixin import SparseRuntime, default_heads, input_patterns
 from sparse_agents.sb3.policies import SparseActorCriticPolicy
 from sparse_agents.task_masks import TaskMasks
 from sparse_agents.topology import find_maskable
@@ -42,11 +42,17 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
             (default: masked, owned per task like the other layers).
         overflow: ``"raise"`` or ``"shrink"`` when a task's budget does not fit.
 
+    ``dense_input`` is off by default here: a dense layer is shared by every task, so
+    training a later task would change the outputs of earlier ones.
+
     Switch tasks with :meth:`start_task` / :meth:`end_task` (training) and
     :meth:`set_task` / :meth:`use_task` (evaluation). ``model.save``/``Algo.load``
     keep owners, masks and every finished task's state (a task still training when
     saved is dropped on load).
     """
+
+    #: per-task masks: no shared dense input layer unless asked for
+    sparse_defaults = {"dense_input": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         opts = {k: kwargs.pop(k, v) for k, v in TASK_MASK_DEFAULTS.items()}
@@ -69,6 +75,7 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
         names = [n for n, m in find_maskable(self) if id(m.weight) in trained]
         heads = default_heads(self, names)
         dense = list(opts["dense_layers"])
+        dense += input_patterns(self, names, dense, opts)
         output_layers = opts["output_layers"]
         if topts["per_task_heads"]:
             dense += heads

@@ -178,11 +178,12 @@ def methods(args) -> list[tuple[str, str]]:
 
 def masked_weights(algo: str, env: str, width: int, hyperparams: str = "zoo") -> int:
     """Weights in the layers a sparse ``algo`` policy with hidden layers ``[width,
-    width]`` masks (what its sparsity is of)."""
+    width]`` masks (what its sparsity is of), input layers included (the sparse rows of
+    ``--equal-params`` mask them: ``dense_input=False``)."""
     from sparse_agents.experiments.rl import make_agent
 
     model, _ = make_agent(algo, env, "static", 0.5, overrides={"net_arch": [width, width]},
-                          hyperparams=hyperparams)
+                          hyperparams=hyperparams, sparse_options={"dense_input": False})
     return sum(int(m.numel()) for topo in model.policy.topologies.values()
                for m in topo.masks.values())
 
@@ -203,7 +204,8 @@ def equal_param_variants(args, algo: str, env: str) -> list[dict]:
             continue
         for updater, distribution in methods(args):
             if updater != DENSE:
-                out.append(dict(updater=updater, distribution=distribution, extra_hp=hp,
+                out.append(dict(updater=updater, distribution=distribution,
+                                extra_hp=[*hp, "dense_input=False"],
                                 sparsity=round(1.0 - budget / total, 6), masked_total=total,
                                 method=f"{method_name(updater, distribution)}-w{width}"))
     return out

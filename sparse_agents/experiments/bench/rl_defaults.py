@@ -17,21 +17,30 @@ from sparse_agents.experiments.rl import last_fraction_score
 #: keep the first layer of the policy and value MLPs dense (config D)
 DENSE_INPUT = r"dense_layers=['mlp_extractor\\.policy_net\\.0','mlp_extractor\\.value_net\\.0']"
 
+#: the input layers masked too: the on-policy default before 2026-11-29
+MASKED_INPUT = ["--hp", "dense_input=False"]
+
 #: name -> sparse-train arguments (on top of --timesteps, --eval-freq, --seed, --out)
 CONFIGS: dict[str, list[str]] = {
     "dense": ["--updater", "dense"],
     "static": ["--updater", "static"],
     "defaults": [],  # the sparse policies' own defaults (SRigL 90% ERK, RL schedule)
-    "A": ["--delta-t", "100", "--drop-fraction", "0.3", "--t-end-fraction", "0.75"],
-    "B": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75"],
-    "C": ["--delta-t", "1000", "--drop-fraction", "0.1", "--t-end-fraction", "0.8"],
+    "A": ["--delta-t", "100", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
+          *MASKED_INPUT],
+    "B": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
+          *MASKED_INPUT],
+    "C": ["--delta-t", "1000", "--drop-fraction", "0.1", "--t-end-fraction", "0.8",
+          *MASKED_INPUT],
     "D": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
           "--hp", DENSE_INPUT],
-    "dense-input": ["--hp", DENSE_INPUT],  # the defaults, input layers dense
-    # wider sparse networks under the defaults (SB3's default is 64x64)
-    "w128": ["--hp", "net_arch=[128,128]"],
-    "w256": ["--hp", "net_arch=[256,256]"],
-    "static-w128": ["--updater", "static", "--hp", "net_arch=[128,128]"],
+    # the input layers masked, or named dense (what dense_input=None chooses here)
+    "masked-input": MASKED_INPUT,
+    "static-masked-input": ["--updater", "static", *MASKED_INPUT],
+    "dense-input": ["--hp", DENSE_INPUT],
+    # wider networks (SB3's default is 64x64), input layers masked
+    "w128": ["--hp", "net_arch=[128,128]", *MASKED_INPUT],
+    "w256": ["--hp", "net_arch=[256,256]", *MASKED_INPUT],
+    "static-w128": ["--updater", "static", "--hp", "net_arch=[128,128]", *MASKED_INPUT],
     "dense-w128": ["--updater", "dense", "--hp", "net_arch=[128,128]"],
 }
 
