@@ -89,7 +89,7 @@ def score(folder: Path) -> dict[str, float]:
 
 def table(out: Path, configs: list[str], seeds: list[int]) -> str:
     """Markdown: per config, the final returns per seed, their mean +- std, the last-10%
-    mean +- std and seed 0's density."""
+    mean +- std, and seed 0's density and nonzero parameters."""
     lines = ["| config | final per seed | final mean ± std | last 10% mean ± std | density "
              "| nonzero params |", "|---|---|---|---|---|---|"]
     for name in configs:
