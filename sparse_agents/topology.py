@@ -299,7 +299,7 @@ class SparseTopology:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.step = 0
         self.n_updates = 0
-        self.keep_dense_grads = False
+        self._keep_dense_grads = False
         self._dense_grads: dict[str, Tensor] = {}
         #: first moment of each layer's dense gradient (updaters with ``needs_momentum``)
         self._moments: dict[str, Tensor] = {}
@@ -307,6 +307,8 @@ class SparseTopology:
         self._grad_seen: dict[str, tuple[int, int]] = {}
         self._handles: list = []
         self._grad_handles: list = []
+        #: the tensor hooks keeping dense gradients, present only for backwards that need them
+        self._dense_handles: list = []
         self.optimizer: torch.optim.Optimizer | None = None
         # the output layer SRigL protects is the last maskable layer in forward order,
         # seen at the first update (registration order can differ)
@@ -460,6 +462,17 @@ class SparseTopology:
     def set_t_end(self, t_end: int | None) -> None:
         """Stop scheduled updates at step ``t_end`` (``None``: never)."""
         self.schedule = dataclasses.replace(self.schedule, t_end=t_end)
+        self._sync_dense_hooks()
+
+    @property
+    def keep_dense_grads(self) -> bool:
+        """Keep every backward's dense gradient (not only before scheduled updates)."""
+        return self._keep_dense_grads
+
+    @keep_dense_grads.setter
+    def keep_dense_grads(self, value: bool) -> None:
+        self._keep_dense_grads = bool(value)
+        self._sync_dense_hooks()
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Hook ``optimizer`` (detaching from any earlier one)."""
@@ -475,16 +488,16 @@ class SparseTopology:
         ]
         if self.grad_masking == "backward":
             self._grad_handles = [
-                layer.weight.register_hook(self._grad_hook(layer)) for layer in self.layers
-            ] + [layer.weight.register_post_accumulate_grad_hook(self._after_accumulate(layer))
-                 for layer in self.layers]
+                layer.weight.register_post_accumulate_grad_hook(self._mask_accumulated(layer))
+                for layer in self.layers]
+        self._sync_dense_hooks()
         self._remask_state()
 
     def detach(self) -> None:
         """Remove every hook; masks stay on the model."""
-        for handle in self._handles + self._grad_handles:
+        for handle in self._handles + self._grad_handles + self._dense_handles:
             handle.remove()
-        self._handles, self._grad_handles = [], []
+        self._handles, self._grad_handles, self._dense_handles = [], [], []
         self.optimizer = None
 
     # ------------------------------------------------------------------ properties
@@ -525,6 +538,7 @@ class SparseTopology:
         self._dense_grads.clear()
         self._moments.clear()
         self._grad_seen.clear()
+        self._sync_dense_hooks()
 
     def layer(self, name: str) -> MaskedLayer:
         """The masked layer called ``name`` (parameter or module name)."""
@@ -534,12 +548,30 @@ class SparseTopology:
         raise KeyError(f"no masked layer {name!r}; masked layers: {[x.name for x in self.layers]}")
 
     # ------------------------------------------------------------------ hooks
-    def _grad_hook(self, layer: MaskedLayer):
-        def hook(grad: Tensor) -> Tensor:
-            if self.keep_dense_grads or self.schedule.is_update_step(self.step + 1):
-                prev = self._dense_grads.get(layer.name) if self._accumulating(layer) else None
-                self._dense_grads[layer.name] = grad.detach() if prev is None else prev + grad
-            return grad * layer.mask_f
+    def _wants_dense_grads(self) -> bool:
+        """Whether the next backward must keep dense gradients: every step for
+        momentum updaters, else only before a scheduled update that grows by gradient."""
+        return self._keep_dense_grads or (self.spec.needs_grad
+                                          and self.schedule.is_update_step(self.step + 1))
+
+    def _sync_dense_hooks(self) -> None:
+        """Have the dense-gradient tensor hooks registered exactly when the next backward
+        needs them: the other backwards pay one Python call per layer, not two."""
+        want = (self.grad_masking == "backward" and self.optimizer is not None
+                and self._wants_dense_grads())
+        if want and not self._dense_handles:
+            self._dense_handles = [layer.weight.register_hook(self._keep_dense(layer))
+                                   for layer in self.layers]
+        elif not want and self._dense_handles:
+            for handle in self._dense_handles:
+                handle.remove()
+            self._dense_handles = []
+
+    def _keep_dense(self, layer: MaskedLayer):
+        def hook(grad: Tensor) -> None:
+            prev = self._dense_grads.get(layer.name) if self._accumulating(layer) else None
+            # a copy: autograd may make ``grad`` the .grad that is masked in place next
+            self._dense_grads[layer.name] = grad.detach().clone() if prev is None else prev + grad
 
         return hook
 
@@ -552,10 +584,12 @@ class SparseTopology:
         grad = layer.weight.grad
         return grad is not None and self._grad_seen.get(layer.name) == (id(grad), grad._version)
 
-    def _after_accumulate(self, layer: MaskedLayer):
+    def _mask_accumulated(self, layer: MaskedLayer):
         def hook(param: Tensor) -> None:
+            grad = param.grad
+            grad.mul_(layer.mask_f)  # in place: no new tensor per layer per backward
             if layer.name in self._dense_grads:
-                self._grad_seen[layer.name] = (id(param.grad), param.grad._version)
+                self._grad_seen[layer.name] = (id(grad), grad._version)
 
         return hook
 
@@ -631,6 +665,7 @@ class SparseTopology:
             self._remask(layers)
         self._dense_grads.clear()
         self._grad_seen.clear()
+        self._sync_dense_hooks()
 
     @torch.no_grad()
     def _remask(self, layers: Sequence[MaskedLayer]) -> None:
@@ -803,6 +838,7 @@ class SparseTopology:
         self.n_updates = int(state.get("n_updates", 0))
         self.generator.set_state(state["generator"])
         self._remask(self.layers)
+        self._sync_dense_hooks()
 
     def __repr__(self) -> str:
         return (

@@ -122,6 +122,31 @@ def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width()
         assert row["masked_total"] > budget and abs(active - budget) <= 0.01 * budget, name
 
 
+
+def test_equal_params_with_minatar_widens_the_cnn_and_keeps_dense_w_nonzero_weights():
+    from sparse_agents.cli.train_agent import parse_overrides
+
+    args = bench_rl.build_parser().parse_args(
+        ["--equal-params", "16", "--width-factors", "2", "--hyperparams", "minatar",
+         "--updaters", "dense", "static"])
+    rows = {v["method"]: v for v in bench_rl.variants(args, "dqn", "MinAtar/Breakout-v1")}
+    assert list(rows) == ["dense-w16", "dense-w32", "static-w32"]
+    budget = rows["dense-w16"]["masked_total"]
+    assert budget == 4 * 2 * 9 + 2 * 8 * 8 * 16 + 16 * 3  # conv, linear, output (3 actions)
+    row = rows["static-w32"]
+    overrides = parse_overrides([x for x in row["extra_hp"] if x != "dense_input=False"])
+    assert overrides == {"features_extractor_kwargs": {"channels": 4, "features_dim": 32}}
+    model, _ = make_agent("dqn", "MinAtar/Breakout-v1", "static", row["sparsity"],
+                          overrides=overrides, hyperparams="minatar", timesteps=10**5)
+    masks = model.policy.topologies["policy"].masks
+    assert masks["q_net.features_extractor.conv.0.weight"].shape == (4, 4, 3, 3)
+    active = sum(int(m.sum()) for m in masks.values())
+    assert row["masked_total"] > budget and abs(active - budget) <= 0.01 * budget
+    with pytest.raises(ValueError, match="--width-factors must be >= 1"):
+        bench_rl.variants(bench_rl.build_parser().parse_args(
+            ["--equal-params", "16", "--width-factors", "0"]), "ppo", "CartPole-v1")
+
+
 def test_reward_scale_scales_training_rewards_not_evaluation():
     import numpy as np
 

@@ -215,6 +215,59 @@ def test_update_before_any_forward_asks_for_output_layers():
         topo.update()
 
 
+
+def test_every_scheduled_update_grows_by_the_dense_gradient_of_its_own_step():
+    """Backward masking keeps dense gradients only before update steps (delta_t=3):
+    each update still sees that step's whole dense gradient, not a masked or older one."""
+    import copy
+
+    model = mlp(0, sizes=(8, 32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    topo = sa.SparseTopology(model, opt, sparsity=0.8, updater="rigl", delta_t=3,
+                             grad_masking="backward")
+    spy = Spy(topo)
+    for step in range(1, 10):
+        twin = copy.deepcopy(model)
+        loss_of(twin, step).backward()
+        opt.zero_grad()
+        loss_of(model, step).backward()
+        for layer in (m for m in model if isinstance(m, nn.Linear)):
+            assert torch.all(layer.weight.grad[~layer.weight_mask] == 0)  # clipping sees it
+        spy.current.clear()
+        opt.step()
+        linears = [(m, t) for m, t in zip(model, twin, strict=True) if isinstance(m, nn.Linear)]
+        if step % 3:
+            assert not spy.current
+            continue
+        for layer, t in linears:
+            torch.testing.assert_close(spy.current[id(layer.weight)], t.weight.grad)
+
+
+def test_backwards_between_updates_run_one_hook_per_masked_layer():
+    """The dense-gradient tensor hooks exist only for the backward before an update."""
+    model = mlp(0, sizes=(8, 32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    topo = sa.SparseTopology(model, opt, sparsity=0.8, updater="rigl", delta_t=3,
+                             grad_masking="backward")
+
+    def hooks() -> list[tuple[int, int]]:
+        return [(len(x.weight._backward_hooks or {}), len(x.weight._post_accumulate_grad_hooks
+                                                          or {})) for x in topo.layers]
+
+    seen = []
+    for step in range(1, 7):
+        seen.append(hooks())
+        opt.zero_grad()
+        loss_of(model, step).backward()
+        opt.step()
+    one, two = [(0, 1)] * 2, [(1, 1)] * 2
+    assert seen == [one, one, two, one, one, two]
+    topo.keep_dense_grads = True
+    assert hooks() == two
+    topo.detach()
+    assert hooks() == [(0, 0)] * 2
+
+
 # ------------------------------------------------------------------ skipped steps
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_skipped_step_discards_kept_dense_gradients(set_to_none):

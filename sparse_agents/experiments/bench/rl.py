@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--equal-params", type=int, default=None, metavar="W",
                    help="equal parameter count: dense at hidden width W, 2W, 4W, each "
                         "sparse method at 2W and 4W with dense W's nonzero weights "
-                        "(rows <method>-w<width>; equal_params.png)")
+                        "(rows <method>-w<width>; equal_params.png); with --hyperparams "
+                        "minatar the CNN's units (channels W/8: 128 is the paper's network)")
+    p.add_argument("--width-factors", type=int, nargs="+", default=[1, 2, 4], metavar="K",
+                   help="--equal-params widths K*W (default 1 2 4; 1 is always run)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--evals", type=int, default=5, help="evaluations per run")
     p.add_argument("--eval-episodes", type=int, default=10)
@@ -176,28 +179,52 @@ def methods(args) -> list[tuple[str, str]]:
                               for d in args.distributions for u in args.updaters))
 
 
+def width_overrides(hyperparams: str, width: int) -> dict:
+    """The policy options of hidden width ``width``: ``net_arch=[width, width]``, or for
+    ``minatar`` the :class:`~sparse_agents.sb3.MinAtarCNN` with ``width`` units and
+    ``width // 8`` channels (128: Young & Tian's 16 channels and 128 units)."""
+    if hyperparams == "minatar":
+        if width < 8:
+            raise ValueError(f"--equal-params must be >= 8 with --hyperparams minatar (the "
+                             f"CNN has width // 8 channels), got {width}")
+        return {"features_extractor_kwargs": {"channels": width // 8, "features_dim": width}}
+    return {"net_arch": [width, width]}
+
+
+def width_hp(hyperparams: str, width: int) -> list[str]:
+    """:func:`width_overrides` as ``--hp KEY=VALUE`` items."""
+    return [f"{k}={v!r}" for k, v in width_overrides(hyperparams, width).items()]
+
+
 def masked_weights(algo: str, env: str, width: int, hyperparams: str = "zoo") -> int:
-    """Weights in the layers a sparse ``algo`` policy with hidden layers ``[width,
-    width]`` masks (what its sparsity is of), input layers included (the sparse rows of
+    """Weights in the layers a sparse ``algo`` policy of hidden width ``width`` masks
+    (what its sparsity is of), input layers included (the sparse rows of
     ``--equal-params`` mask them: ``dense_input=False``)."""
     from sparse_agents.experiments.rl import make_agent
 
-    model, _ = make_agent(algo, env, "static", 0.5, overrides={"net_arch": [width, width]},
-                          hyperparams=hyperparams, sparse_options={"dense_input": False})
+    model, _ = make_agent(algo, env, "static", 0.5,
+                          overrides=width_overrides(hyperparams, width),
+                          hyperparams=hyperparams, sparse_options={"dense_input": False},
+                          timesteps=10**6)  # any budget: only the shapes count
     return sum(int(m.numel()) for topo in model.policy.topologies.values()
                for m in topo.masks.values())
 
 
 def equal_param_variants(args, algo: str, env: str) -> list[dict]:
-    """``--equal-params W``: dense at widths W, 2W, 4W; each sparse method at 2W and 4W
-    with the nonzero weights of dense at W (``sparsity = 1 - n(W) / n(kW)``)."""
+    """``--equal-params W``: dense at widths k*W for each ``--width-factors`` k; each
+    sparse method at the widths above W with the nonzero weights of dense at W
+    (``sparsity = 1 - n(W) / n(kW)``)."""
     base = args.equal_params
-    totals = {k: masked_weights(algo, env, k * base, args.hyperparams) for k in (1, 2, 4)}
+    if base < 1 or min(args.width_factors) < 1:
+        raise ValueError(f"--equal-params and --width-factors must be >= 1, got "
+                         f"{base} and {args.width_factors}")
+    factors = sorted(set(args.width_factors) | {1})
+    totals = {k: masked_weights(algo, env, k * base, args.hyperparams) for k in factors}
     budget = totals[1]
     out = []
     for k, total in totals.items():
         width = k * base
-        hp = [f"net_arch=[{width}, {width}]"]
+        hp = width_hp(args.hyperparams, width)
         out.append(dict(updater=DENSE, distribution="erk", sparsity=0.0, extra_hp=hp,
                         method=f"dense-w{width}", masked_total=total))
         if k == 1:
