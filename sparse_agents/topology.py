@@ -25,6 +25,7 @@ from sparse_agents.distributions import (
 from sparse_agents.forward_order import ForwardOrder
 from sparse_agents.optim_state import MASK_PRESERVING, first_moment_rule, reset_state
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
+from sparse_agents.sparse_init import check_sparse_init, rescale_to_mask_
 from sparse_agents.updaters import get_updater, initial_mask
 
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -261,6 +262,10 @@ class SparseTopology:
             is made permanent), or ``"nonzero"``: the weights' nonzero pattern. Weights
             outside the masks are zeroed; without ``budgets`` the masks set each layer's
             budget (and ``sparsity``), and layers without a mask stay dense.
+        sparse_init: ``None`` keeps the layers' own initial values inside the random
+            initial masks; ``"fan_in"`` or ``"fan_avg"`` rescales them to the fans each
+            unit really has (:mod:`sparse_agents.sparse_init`; Graesser et al.'s RL
+            runs: ``"fan_avg"``). Masks given by ``masks`` are never rescaled.
     """
 
     def __init__(
@@ -286,8 +291,10 @@ class SparseTopology:
         exclude_layers: Iterable[str | int] = (),
         budgets: Mapping[str, int] | None = None,
         masks: Mapping[str, Tensor] | str | None = None,
+        sparse_init: str | None = None,
     ) -> None:
         self._check_choices(distribution, schedule, grad_masking, seed)
+        self.sparse_init = check_sparse_init(sparse_init)
         self.sparsity = check_sparsity(sparsity)
         self.spec = get_updater(updater)
         self.schedule = UpdateSchedule(delta_t, t_end, drop_fraction, schedule)
@@ -414,8 +421,8 @@ class SparseTopology:
         return candidates
 
     def _install_mask(self, layer: MaskedLayer, given: Tensor | None) -> None:
-        """Register the layer's mask buffer (``given`` or a random initial mask) and zero
-        the weights outside it."""
+        """Register the layer's mask buffer (``given`` or a random initial mask), zero
+        the weights outside it and, for a random mask, apply ``sparse_init`` inside."""
         module = layer.module
         if hasattr(module, MASK_BUFFER):
             raise ValueError(f"layer {layer.module_name!r} already has a {MASK_BUFFER!r}: "
@@ -429,8 +436,11 @@ class SparseTopology:
         module.register_buffer(MASK_BUFFER, mask)
         module.register_load_state_dict_pre_hook(_require_mask)
         layer.ever_active |= mask
-        with torch.no_grad():
-            weight.mul_(mask)
+        if given is None and self.sparse_init is not None:
+            rescale_to_mask_(weight, mask, self.sparse_init)
+        else:
+            with torch.no_grad():
+                weight.mul_(mask)
 
     @staticmethod
     def _gammas(gamma_sal: float | Mapping[str, float], names: Sequence[str]) -> list[float]:

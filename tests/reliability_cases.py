@@ -299,6 +299,9 @@ CASES: list[Case] = [
     Case("topology/grad-masking-unknown", "unknown gradient masking: "
          "`grad_masking='later'`", lambda: topo(grad_masking="later"), V,
          r"grad_masking must be one of \('step', 'backward'\)"),
+    Case("topology/sparse-init-unknown", "unknown sparse initialisation: "
+         "`sparse_init='glorot'`", lambda: topo(sparse_init="glorot"), V,
+         r"sparse_init must be None or one of \('fan_in', 'fan_avg'\), got 'glorot'"),
     Case("topology/dense-layers-name", "dense layer pattern matching no layer: "
          "`dense_layers=['nope']`", lambda: topo(dense_layers=["nope"]), V,
          has("dense_layers pattern 'nope' matches no", r"\['0', '2', '4'\]")),
@@ -436,6 +439,9 @@ CASES: list[Case] = [
          lambda: policy(t_end_fraction=0), V, r"t_end_fraction must be a number in \(0, 1\]"),
     Case("sb3/seed", "`policy_kwargs=dict(seed=1.5)`", lambda: policy(seed=1.5), V,
          r"seed must be an integer, got 1\.5"),
+    Case("sb3/sparse-init", "`policy_kwargs=dict(sparse_init='he')`",
+         lambda: policy(sparse_init="he"), V,
+         r"sparse_init must be None or one of \('fan_in', 'fan_avg'\), got 'he'"),
     Case("sb3/condensed-rollout", "`condensed_rollout='yes'`",
          lambda: policy(condensed_rollout="yes"), V, "condensed_rollout must be True or False"),
     Case("sb3/topology-kwargs-clash", "`topology_kwargs=dict(sparsity=0.5)` repeats a "

@@ -53,8 +53,9 @@ HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
 #: ``dqn_train_eval.py``/``ppo_train_eval.py``. The sparse schedule is part of each entry
 #: (DQN: update every 1000 training steps, drop fraction 0.5, cosine, last update at 75%;
 #: PPO: every 250, drop 0.3, last at 120000 of 156480 steps; SAC: every 1000, drop 0.5,
-#: last at 80%; ERK, output layers sparse). ``reward_scale`` multiplies the training
-#: rewards (SAC's ``reward_scale_factor=0.1``).
+#: last at 80%; ERK, output layers sparse; every sparse config sets
+#: ``init_masks.fixed_sparse_init = True``: ``sparse_init="fan_avg"``). ``reward_scale``
+#: multiplies the training rewards (SAC's ``reward_scale_factor=0.1``).
 #: Keras' L2(1e-6) on DQN's kernels is Adam's weight_decay 2e-6; TF-Agents' DQN does not
 #: clip gradients (``max_grad_norm=inf``). What SB3 cannot express
 #: is listed in docs/rl.md (the squared TD loss, He/orthogonal inits, PPO's sparse-only
@@ -66,18 +67,20 @@ GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
                                  exploration_initial_eps=0.01, exploration_final_eps=0.01,
                                  max_grad_norm=math.inf, optimizer_kwargs={"weight_decay": 2e-6},
                                  delta_t=1000, drop_fraction=0.5, t_end_fraction=0.75,
-                                 schedule="cosine"),
+                                 schedule="cosine", sparse_init="fan_avg"),
     ("ppo", "HalfCheetah-v5"): dict(normalize=True, n_envs=1, n_steps=2048, batch_size=64,
                                     n_epochs=10, learning_rate="lin_3e-4", clip_range=0.2,
                                     gae_lambda=0.95, gamma=0.99, ent_coef=0.0, vf_coef=0.5,
                                     max_grad_norm=0.5, optimizer_kwargs={"weight_decay": 1e-6},
                                     delta_t=250, drop_fraction=0.3,
-                                    t_end_fraction=120_000 / 156_480, schedule="cosine"),
+                                    t_end_fraction=120_000 / 156_480, schedule="cosine",
+                                    sparse_init="fan_avg"),
     ("sac", "HalfCheetah-v5"): dict(net_arch=[256, 256], learning_rate=3e-4, batch_size=256,
                                     buffer_size=1_000_000, learning_starts=1000,
                                     gamma=0.99, tau=0.005, train_freq=1, gradient_steps=1,
                                     reward_scale=0.1, delta_t=1000, drop_fraction=0.5,
-                                    t_end_fraction=0.8, schedule="cosine"),
+                                    t_end_fraction=0.8, schedule="cosine",
+                                    sparse_init="fan_avg"),
 }
 
 #: Young & Tian, "MinAtar" (2019), ``examples/dqn.py`` of kenjyoung/MinAtar: their

@@ -52,6 +52,7 @@ from sparse_agents.distributions import METHODS, check_sparsity
 from sparse_agents.flops import flops
 from sparse_agents.sb3.schedule import planned_optimizer_steps
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
+from sparse_agents.sparse_init import check_sparse_init
 from sparse_agents.topology import MASK_BUFFER, SparseTopology, find_maskable, match_layer
 from sparse_agents.updaters import get_updater
 
@@ -71,6 +72,7 @@ SPARSE_DEFAULTS: dict[str, Any] = {
     "drop_fraction": 0.3,
     "schedule": "cosine",
     "gamma_sal": 0.3,
+    "sparse_init": None,  # None, "fan_in" or "fan_avg" (sparse_agents.sparse_init)
     "dense_layers": (),
     "dense_input": False,  # keep the layers that read the observation dense (None: if they fit)
     "output_layers": None,  # None: the policy's heads (action_net, value_net, q-heads...)
@@ -155,6 +157,7 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
     if opts["dense_input"] not in (True, False, None):
         raise ValueError("dense_input must be True, False or None (dense if they fit in the "
                          f"budget), got {opts['dense_input']!r}")
+    check_sparse_init(opts["sparse_init"])
     if opts["log_sparsity"] not in (True, False):
         raise ValueError(f"log_sparsity must be True or False, got {opts['log_sparsity']!r}")
     kw = opts["topology_kwargs"]
@@ -354,7 +357,8 @@ class SparseRuntime:
                 t_end=opts["t_end"], drop_fraction=opts["drop_fraction"],
                 schedule=opts["schedule"], gamma_sal=gammas[i], dense_layers=dense[i],
                 seed=opts["seed"] + i, output_layers=outputs[i],
-                grad_masking="backward", **{**extra, **shares[i]})
+                sparse_init=opts["sparse_init"], grad_masking="backward",
+                **{**extra, **shares[i]})
         self._build_targets(policy)
         self._short = self._short_names()
 
@@ -383,6 +387,8 @@ class SparseRuntime:
                                      f"{layer.module_name!r}")
                 if not hasattr(t_mod, MASK_BUFFER):
                     t_mod.register_buffer(MASK_BUFFER, layer.mask.clone())
+                with torch.no_grad():  # SB3 built it a copy; sparse_init may have rescaled
+                    t_mod.weight.copy_(module.weight)
                 self.targets.setdefault(key, []).append((module, t_mod))
         for key in self.targets:
             self.topologies[key].optimizer.register_step_post_hook(self._post_step_hook(key))

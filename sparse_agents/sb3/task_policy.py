@@ -61,6 +61,9 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
                 f"per_task_heads must be True or False, got {opts['per_task_heads']!r}")
         if kwargs.get("condensed_rollout"):
             raise ValueError("condensed_rollout must be False with per-task masks")
+        if kwargs.get("sparse_init") is not None:
+            raise ValueError("sparse_init must be None with per-task masks: each task's mask "
+                             "is assigned when the task starts, not drawn at build")
         self._task_options = opts
         self.task_masks = None
         super().__init__(*args, **kwargs)
