@@ -315,3 +315,12 @@ def test_nonzero_params_count_what_the_agent_stores_without_target_networks():
                  if not n.endswith("weight"))
     assert nonzero_params(sparse.policy) == active + biases
     assert active < 0.11 * masked
+
+
+def test_sparse_hp_reaches_the_sparse_runs_only(tmp_path):
+    args = bench_rl.build_parser().parse_args(
+        ["--tasks", "dqn:CartPole-v1:1000", "--updaters", "dense", "rigl", "--seeds", "1",
+         "--hp", "learning_rate=0.001", "--sparse-hp", "sparse_init=None"])
+    jobs = {j["method"]: j["hp"] for j in bench_rl.make_jobs(args, args.tasks, tmp_path)}
+    assert jobs == {"dense": ["learning_rate=0.001"],
+                    "rigl": ["learning_rate=0.001", "sparse_init=None"]}

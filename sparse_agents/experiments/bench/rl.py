@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--scale", type=float, default=1.0, help="multiply every budget")
     p.add_argument("--hp", action="append", default=[], help="KEY=VALUE for every run")
+    p.add_argument("--sparse-hp", action="append", default=[], metavar="KEY=VALUE",
+                   help="KEY=VALUE for the sparse runs only (e.g. sparse_init=None: the "
+                        "Graesser runs from before sparse_init)")
     p.add_argument("--fused-adam", action="store_true",
                    help="Adam(fused=True) in every run (dense included)")
     p.add_argument("--quick", action="store_true", help="1 seed, 5%% budgets (smoke run)")
@@ -261,7 +264,9 @@ def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
                                  method=v["method"], sparsity=v["sparsity"],
                                  hyperparams=args.hyperparams,
                                  evals=args.evals, eval_episodes=args.eval_episodes,
-                                 hp=[*args.hp, *v["extra_hp"]], resume=args.resume,
+                                 hp=[*args.hp, *v["extra_hp"],
+                                     *(args.sparse_hp if v["updater"] != DENSE else [])],
+                                 resume=args.resume,
                                  masked_total=v.get("masked_total"),
                                  fused_adam=args.fused_adam,
                                  out=str(root / "runs" / run_dir(task, v["method"], seed))))

@@ -42,6 +42,11 @@ CONFIGS: dict[str, list[str]] = {
     "w256": ["--hp", "net_arch=[256,256]", *MASKED_INPUT],
     "static-w128": ["--updater", "static", "--hp", "net_arch=[128,128]", *MASKED_INPUT],
     "dense-w128": ["--updater", "dense", "--hp", "net_arch=[128,128]"],
+    # initial weights rescaled to the units' real fans (sparse_init), input layers masked
+    "fan-avg": ["--hp", "sparse_init='fan_avg'"],  # the defaults with sparse_init
+    "masked-input-fan-avg": [*MASKED_INPUT, "--hp", "sparse_init='fan_avg'"],
+    "static-masked-input-fan-avg": ["--updater", "static", *MASKED_INPUT,
+                                    "--hp", "sparse_init='fan_avg'"],
 }
 
 
