@@ -47,7 +47,8 @@ def make(name: str, seed: int = 0, env=None, **policy_kwargs):
     """A tiny sparse agent: small nets, a few hundred steps, frequent updates."""
     pk = dict(net_arch=[32, 32], delta_t=4, sparsity=0.9, seed=seed)
     pk.update(policy_kwargs)
-    pk = {k: v for k, v in pk.items() if v is not None}  # None: the policy's default
+    # None: the policy's default (sparse_init=None is an explicit choice)
+    pk = {k: v for k, v in pk.items() if v is not None or k == "sparse_init"}
     kw: dict = dict(seed=seed, verbose=0, device="cpu", policy_kwargs=pk)
     if name == "PPO":
         kw.update(n_steps=64, batch_size=32, n_epochs=2)
@@ -491,6 +492,22 @@ def test_rl_defaults_per_algorithm_family():
             assert topo.schedule.delta_t == want["delta_t"]
             assert topo.schedule.drop_fraction == want["drop_fraction"]
 
+
+
+def test_sparse_policies_start_from_the_fan_avg_sparse_init_by_default():
+    """Each kept weight of a freshly built sparse policy is SB3's initial value times
+    sparse_init_scale(mask, "fan_avg"); sparse_init=None keeps SB3's values."""
+    from sparse_agents.sparse_init import sparse_init_scale
+
+    for name in ALGOS:
+        scaled, kept = make(name), make(name, sparse_init=None)
+        assert scaled.policy._sparse_options["sparse_init"] == "fan_avg", name
+        for key, topo in scaled.policy.topologies.items():
+            other = kept.policy.topologies[key]
+            for layer, plain in zip(topo.layers, other.layers, strict=True):
+                assert torch.equal(layer.mask, plain.mask), (name, layer.name)
+                want = plain.weight.detach() * sparse_init_scale(plain.mask, "fan_avg")
+                torch.testing.assert_close(layer.weight.detach(), want)
 
 def test_adam_runs_fused_unless_the_user_chose_an_implementation():
     """Single-tensor Adam is slow on the zero moments of masked weights (docs/rl.md)."""

@@ -72,7 +72,9 @@ SPARSE_DEFAULTS: dict[str, Any] = {
     "drop_fraction": 0.3,
     "schedule": "cosine",
     "gamma_sal": 0.3,
-    "sparse_init": None,  # None, "fan_in" or "fan_avg" (sparse_agents.sparse_init)
+    # the initial weights rescaled to each unit's real fans, as Graesser et al.'s sparse
+    # RL runs (sparse_agents.sparse_init; measured in docs/rl.md); None keeps SB3's values
+    "sparse_init": "fan_avg",
     "dense_layers": (),
     "dense_input": False,  # keep the layers that read the observation dense (None: if they fit)
     "output_layers": None,  # None: the policy's heads (action_net, value_net, q-heads...)

@@ -52,7 +52,7 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
     """
 
     #: per-task masks: no shared dense input layer unless asked for
-    sparse_defaults = {"dense_input": False}
+    sparse_defaults = {"dense_input": False, "sparse_init": None}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         opts = {k: kwargs.pop(k, v) for k, v in TASK_MASK_DEFAULTS.items()}

@@ -19,34 +19,39 @@ DENSE_INPUT = r"dense_layers=['mlp_extractor\\.policy_net\\.0','mlp_extractor\\.
 
 #: the input layers masked too: the on-policy default before 2026-11-29
 MASKED_INPUT = ["--hp", "dense_input=False"]
+#: SB3's initial values inside the masks: the default before 2026-11-30 (sparse_init)
+KEEP_INIT = ["--hp", "sparse_init=None"]
+FAN_AVG = ["--hp", "sparse_init='fan_avg'"]
 
-#: name -> sparse-train arguments (on top of --timesteps, --eval-freq, --seed, --out)
+#: name -> sparse-train arguments (on top of --timesteps, --eval-freq, --seed, --out);
+#: the configs of the sweeps made before sparse_init pin ``sparse_init=None``
 CONFIGS: dict[str, list[str]] = {
     "dense": ["--updater", "dense"],
-    "static": ["--updater", "static"],
+    "static": ["--updater", "static", *KEEP_INIT],
     "defaults": [],  # the sparse policies' own defaults (SRigL 90% ERK, RL schedule)
     "A": ["--delta-t", "100", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
-          *MASKED_INPUT],
+          *MASKED_INPUT, *KEEP_INIT],
     "B": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
-          *MASKED_INPUT],
+          *MASKED_INPUT, *KEEP_INIT],
     "C": ["--delta-t", "1000", "--drop-fraction", "0.1", "--t-end-fraction", "0.8",
-          *MASKED_INPUT],
+          *MASKED_INPUT, *KEEP_INIT],
     "D": ["--delta-t", "250", "--drop-fraction", "0.3", "--t-end-fraction", "0.75",
-          "--hp", DENSE_INPUT],
+          "--hp", DENSE_INPUT, *KEEP_INIT],
     # the input layers masked, or named dense (what dense_input=None chooses here)
-    "masked-input": MASKED_INPUT,
-    "static-masked-input": ["--updater", "static", *MASKED_INPUT],
-    "dense-input": ["--hp", DENSE_INPUT],
+    "masked-input": [*MASKED_INPUT, *KEEP_INIT],
+    "static-masked-input": ["--updater", "static", *MASKED_INPUT, *KEEP_INIT],
+    "dense-input": ["--hp", DENSE_INPUT, *KEEP_INIT],
     # wider networks (SB3's default is 64x64), input layers masked
-    "w128": ["--hp", "net_arch=[128,128]", *MASKED_INPUT],
-    "w256": ["--hp", "net_arch=[256,256]", *MASKED_INPUT],
-    "static-w128": ["--updater", "static", "--hp", "net_arch=[128,128]", *MASKED_INPUT],
+    "w128": ["--hp", "net_arch=[128,128]", *MASKED_INPUT, *KEEP_INIT],
+    "w256": ["--hp", "net_arch=[256,256]", *MASKED_INPUT, *KEEP_INIT],
+    "static-w128": ["--updater", "static", "--hp", "net_arch=[128,128]", *MASKED_INPUT,
+                    *KEEP_INIT],
     "dense-w128": ["--updater", "dense", "--hp", "net_arch=[128,128]"],
-    # initial weights rescaled to the units' real fans (sparse_init), input layers masked
-    "fan-avg": ["--hp", "sparse_init='fan_avg'"],  # the defaults with sparse_init
-    "masked-input-fan-avg": [*MASKED_INPUT, "--hp", "sparse_init='fan_avg'"],
-    "static-masked-input-fan-avg": ["--updater", "static", *MASKED_INPUT,
-                                    "--hp", "sparse_init='fan_avg'"],
+    # the initial weights rescaled to the units' real fans (sparse_init="fan_avg", the
+    # default since 2026-11-30), with the input layers as dense_input=None chooses or masked
+    "fan-avg": FAN_AVG,
+    "masked-input-fan-avg": [*MASKED_INPUT, *FAN_AVG],
+    "static-masked-input-fan-avg": ["--updater", "static", *MASKED_INPUT, *FAN_AVG],
 }
 
 
