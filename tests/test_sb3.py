@@ -494,14 +494,18 @@ def test_rl_defaults_per_algorithm_family():
 
 
 
-def test_sparse_policies_start_from_the_fan_avg_sparse_init_by_default():
-    """Each kept weight of a freshly built sparse policy is SB3's initial value times
-    sparse_init_scale(mask, "fan_avg"); sparse_init=None keeps SB3's values."""
+def test_on_policy_sparse_policies_start_from_the_fan_avg_sparse_init_by_default():
+    """Each kept weight of a freshly built PPO/A2C policy is SB3's initial value times
+    sparse_init_scale(mask, "fan_avg"); sparse_init=None (the off-policy default) keeps
+    SB3's values."""
     from sparse_agents.sparse_init import sparse_init_scale
 
+    for name in ("DQN", "SAC", "TD3"):
+        assert make(name).policy._sparse_options["sparse_init"] is None, name
     for name in ALGOS:
-        scaled, kept = make(name), make(name, sparse_init=None)
-        assert scaled.policy._sparse_options["sparse_init"] == "fan_avg", name
+        scaled, kept = make(name, sparse_init="fan_avg"), make(name, sparse_init=None)
+        if name in ("PPO", "A2C"):
+            assert make(name).policy._sparse_options["sparse_init"] == "fan_avg", name
         for key, topo in scaled.policy.topologies.items():
             other = kept.policy.topologies[key]
             for layer, plain in zip(topo.layers, other.layers, strict=True):

@@ -72,9 +72,9 @@ SPARSE_DEFAULTS: dict[str, Any] = {
     "drop_fraction": 0.3,
     "schedule": "cosine",
     "gamma_sal": 0.3,
-    # the initial weights rescaled to each unit's real fans, as Graesser et al.'s sparse
-    # RL runs (sparse_agents.sparse_init; measured in docs/rl.md); None keeps SB3's values
-    "sparse_init": "fan_avg",
+    # None keeps SB3's initial values; "fan_in"/"fan_avg" rescale them to each unit's real
+    # fans (sparse_agents.sparse_init); the on-policy default is "fan_avg" (FAMILY_DEFAULTS)
+    "sparse_init": None,
     "dense_layers": (),
     "dense_input": False,  # keep the layers that read the observation dense (None: if they fit)
     "output_layers": None,  # None: the policy's heads (action_net, value_net, q-heads...)
@@ -86,12 +86,12 @@ SPARSE_DEFAULTS: dict[str, Any] = {
 
 #: RL defaults per algorithm family, replacing the image-classification ones (update every
 #: 100 steps, drop 0.3). On-policy (PPO, A2C): measured in docs/rl.md ("RL defaults"),
-#: input layers dense included;
+#: input layers dense and Graesser et al.'s sparse init (fan_avg) included;
 #: off-policy (DQN, SAC, TD3): Graesser et al. 2022's configs (update every 1000
 #: training steps, drop fraction 0.5 cosine, updates stop at 80%).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "on_policy": {"delta_t": 1000, "drop_fraction": 0.1, "t_end_fraction": 0.8,
-                  "dense_input": None},
+                  "dense_input": None, "sparse_init": "fan_avg"},
     "off_policy": {"delta_t": 1000, "drop_fraction": 0.5, "t_end_fraction": 0.8},
 }
 

@@ -48,7 +48,7 @@ CONFIGS: dict[str, list[str]] = {
                     *KEEP_INIT],
     "dense-w128": ["--updater", "dense", "--hp", "net_arch=[128,128]"],
     # the initial weights rescaled to the units' real fans (sparse_init="fan_avg", the
-    # default since 2026-11-30), with the input layers as dense_input=None chooses or masked
+    # on-policy default since 2026-11-30), the input layers as dense_input=None chooses or masked
     "fan-avg": FAN_AVG,
     "masked-input-fan-avg": [*MASKED_INPUT, *FAN_AVG],
     "static-masked-input-fan-avg": ["--updater", "static", *MASKED_INPUT, *FAN_AVG],
