@@ -36,7 +36,8 @@ def check_sparse_init(value: str | None) -> str | None:
 def sparse_init_scale(mask: Tensor, rule: str) -> Tensor:
     """Per-entry factor (shape of ``mask``, 0 outside it) taking a weight of the dense
     initialisation to the variance ``rule`` gives it under ``mask``."""
-    check_sparse_init(rule)
+    if rule not in SPARSE_INITS:  # None is a choice of the callers, not a rule
+        raise ValueError(f"rule must be one of {SPARSE_INITS}, got {rule!r}")
     m = mask.detach().reshape(mask.shape[0], mask.shape[1], -1).float()
     receptive = m.shape[2]
     fan_in = m.sum(dim=(1, 2)).unsqueeze(1)  # [out, 1]

@@ -493,7 +493,6 @@ def test_rl_defaults_per_algorithm_family():
             assert topo.schedule.drop_fraction == want["drop_fraction"]
 
 
-
 def test_on_policy_sparse_policies_start_from_the_fan_avg_sparse_init_by_default():
     """Each kept weight of a freshly built PPO/A2C policy is SB3's initial value times
     sparse_init_scale(mask, "fan_avg"); sparse_init=None (the off-policy default) keeps
@@ -512,6 +511,7 @@ def test_on_policy_sparse_policies_start_from_the_fan_avg_sparse_init_by_default
                 assert torch.equal(layer.mask, plain.mask), (name, layer.name)
                 want = plain.weight.detach() * sparse_init_scale(plain.mask, "fan_avg")
                 torch.testing.assert_close(layer.weight.detach(), want)
+
 
 def test_adam_runs_fused_unless_the_user_chose_an_implementation():
     """Single-tensor Adam is slow on the zero moments of masked weights (docs/rl.md)."""

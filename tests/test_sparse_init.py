@@ -70,6 +70,8 @@ def test_sparse_init_rejects_an_unknown_rule_naming_it():
     with pytest.raises(ValueError, match=r"sparse_init must be None or one of \('fan_in', "
                                          r"'fan_avg'\), got 'glorot'"):
         sa.SparseTopology(mlp(0), None, sparse_init="glorot")
+    with pytest.raises(ValueError, match=r"rule must be one of .*, got None"):
+        sparse_init_scale(torch.ones(2, 3, dtype=torch.bool), None)
 
 
 def test_sparse_dqn_targets_start_equal_to_the_rescaled_online_network():
