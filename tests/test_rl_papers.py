@@ -104,6 +104,24 @@ def test_bench_run_writes_the_score_and_resumes(tmp_path):
     assert (run / "model.zip").stat().st_mtime_ns == stamp
 
 
+def test_resume_refuses_finished_runs_made_with_other_settings(tmp_path):
+    argv = ["--tasks", "dqn:CartPole-v1:1000", "--updaters", "rigl", "--seeds", "1",
+            "--workers", "1", "--evals", "2", "--eval-episodes", "1", "--hp",
+            "net_arch=[8,8]", "--hp", "learning_starts=100", "--out", str(tmp_path),
+            "--resume"]
+    assert bench_rl.main(argv) == 0
+    config = json.loads((tmp_path / "runs" / "dqn-CartPole-v1-rigl-s0" / "config.json")
+                        .read_text())
+    assert config["sparse_options"]["sparse_init"] == "None"  # a default, recorded
+    i, j = argv.index("--evals") + 1, argv.index("net_arch=[8,8]")
+    for other in [[*argv[:i], "3", *argv[i + 1:]],                        # eval_freq
+                  [*argv[:j], "net_arch=[16,16]", *argv[j + 1:]],         # a table key
+                  [*argv, "--sparse-hp", "sparse_init='fan_avg'"]]:       # an option
+        with pytest.raises(ValueError, match="dqn-CartPole-v1-rigl-s0"):
+            bench_rl.main(other)
+    assert bench_rl.main(argv) == 0  # the same settings resume
+
+
 def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width():
     args = bench_rl.build_parser().parse_args(
         ["--equal-params", "32", "--updaters", "dense", "rigl"])

@@ -110,6 +110,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def recorded_hyperparams(algo: str, env_id: str, table: str,
+                         overrides: dict[str, Any]) -> dict[str, str]:
+    """The hyperparameters a run records in ``config.json``: the table's for the task with
+    the ``--hp`` overrides, as ``repr`` strings."""
+    return {k: repr(v) for k, v in {**hyperparameters(algo, env_id, table),
+                                    **overrides}.items()}
+
+
 def plot_curve(rows: list, path: Path, title: str) -> None:
     import matplotlib
 
@@ -169,9 +177,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     every = args.eval_freq or max(1, args.timesteps // 10)
     callback = evaluation_callback(eval_env, every, args.eval_episodes, rows,
                                    out / "evaluations.csv", echo)
-    config = dict(vars(args), env=env_id, out=str(out), hyperparams={
-        k: repr(v) for k, v in {**hyperparameters(args.algo, env_id, args.hyperparams),
-                                **overrides}.items()})
+    config = dict(vars(args), env=env_id, out=str(out), hyperparams=recorded_hyperparams(
+        args.algo, env_id, args.hyperparams, overrides))
+    if hasattr(model.policy, "sparse_options"):  # the options in effect, defaults included
+        config["sparse_options"] = {k: repr(v) for k, v in model.policy.sparse_options.items()}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     print(f"training {label} for {args.timesteps} timesteps -> {out}", flush=True)
     start = time.perf_counter()

@@ -45,7 +45,9 @@ summary.json), results.csv (one row per run), summary.csv and summary.md (mean +
 over seeds of the score and of the final return, training wall time without evaluation,
 and its ratio to dense; forward FLOPs per observation of the trained policy and their
 ratio to dense), curves.png. Re-running retrains every run and overwrites; with --resume,
-re-running resumes: finished runs are skipped (--report only rebuilds the tables).
+re-running resumes: finished runs are skipped, and a finished run whose recorded settings
+differ from the sweep's (arguments, hyperparameters, sparse options in effect) stops it
+before anything trains (--report only rebuilds the tables).
 --overhead writes overhead[_<hyperparams>][_fused].csv/.md and --rollout rollout.md
 (overwritten)."""
 
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam(fused=True) in every run (dense included)")
     p.add_argument("--quick", action="store_true", help="1 seed, 5%% budgets (smoke run)")
     p.add_argument("--resume", action="store_true",
-                   help="skip runs already done (re-running resumes)")
+                   help="skip runs already done (re-running resumes); refuses finished "
+                        "runs made with other settings")
     p.add_argument("--report", action="store_true",
                    help="rebuild the tables from the runs already under --out (no training)")
     p.add_argument("--overhead", action="store_true",
@@ -121,16 +124,7 @@ def run_one(job: dict) -> dict:
             summary.update(saved_flops(out / "model.zip", job["algo"]))  # older runs
             done.write_text(json.dumps(summary, indent=2))
         return summary
-    argv = ["--algo", job["algo"], "--env", job["env"], "--updater", job["updater"],
-            "--sparsity", str(job["sparsity"]), "--timesteps", str(job["timesteps"]),
-            "--seed", str(job["seed"]), "--distribution", job["distribution"],
-            "--hyperparams", job["hyperparams"], "--out", str(out), "--eval-freq",
-            str(max(1, job["timesteps"] // job["evals"])), "--eval-episodes",
-            str(job["eval_episodes"]), "--no-progress", "--no-plot", "--threads", "1"]
-    for hp in job.get("hp", []):
-        argv += ["--hp", hp]
-    if job.get("fused_adam"):
-        argv.append("--fused-adam")
+    argv = job_argv(job)
     args = train_parser().parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
         summary = run(args)
@@ -138,6 +132,68 @@ def run_one(job: dict) -> dict:
     summary.update(saved_flops(out / "model.zip", job["algo"]))
     done.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def job_argv(job: dict) -> list[str]:
+    """The ``sparse-train`` arguments of one job."""
+    argv = ["--algo", job["algo"], "--env", job["env"], "--updater", job["updater"],
+            "--sparsity", str(job["sparsity"]), "--timesteps", str(job["timesteps"]),
+            "--seed", str(job["seed"]), "--distribution", job["distribution"],
+            "--hyperparams", job["hyperparams"], "--out", job["out"], "--eval-freq",
+            str(max(1, job["timesteps"] // job["evals"])), "--eval-episodes",
+            str(job["eval_episodes"]), "--no-progress", "--no-plot", "--threads", "1"]
+    for hp in job.get("hp", []):
+        argv += ["--hp", hp]
+    if job.get("fused_adam"):
+        argv.append("--fused-adam")
+    return argv
+
+
+RESUME_KEYS = ("algo", "env", "updater", "timesteps", "seed", "eval_freq", "eval_episodes",
+               "fused_adam")
+SPARSE_RESUME_KEYS = ("sparsity", "distribution")  # a dense run ignores them
+
+
+def stored_settings_differ(job: dict) -> list[str]:
+    """The settings (``key: stored != job``) in which the finished run in ``job["out"]``
+    differs from ``job``: the run's arguments, its table's name and every hyperparameter
+    both record (a run recorded before a key existed is not held to it); empty when there
+    is no finished run or it matches."""
+    from sparse_agents.cli.train_agent import build_parser as train_parser
+    from sparse_agents.cli.train_agent import parse_overrides, recorded_hyperparams
+
+    out = Path(job["out"])
+    if not (out / "summary.json").exists() or not (out / "config.json").exists():
+        return []
+    stored = json.loads((out / "config.json").read_text())
+    expected = vars(train_parser().parse_args(job_argv(job)))
+    keys = RESUME_KEYS + (() if job["updater"] == DENSE else SPARSE_RESUME_KEYS)
+    diffs = [f"{k}: {stored[k]!r} != {expected[k]!r}"
+             for k in keys if k in stored and stored[k] != expected[k]]
+    name = json.loads((out / "summary.json").read_text()).get("hyperparams")
+    if name is not None and name != job["hyperparams"]:
+        diffs.append(f"hyperparams: {name!r} != {job['hyperparams']!r}")
+    overrides = parse_overrides(job.get("hp", []))
+    hps = recorded_hyperparams(job["algo"], stored.get("env", job["env"]), job["hyperparams"],
+                               overrides)
+    options = stored.get("sparse_options") or {}  # recorded in effect, defaults included
+    for recorded, wanted in ((stored.get("hyperparams") or {}, hps),
+                             (options, {k: repr(v) for k, v in overrides.items()})):
+        diffs += [f"{k}: {recorded[k]} != {v}" for k, v in wanted.items()
+                  if k in recorded and recorded[k] != v]
+    return diffs
+
+
+def check_resumable(jobs: list[dict]) -> None:
+    """Refuse to resume a sweep whose finished runs were made with other settings (the
+    tables would mix them silently)."""
+    stale = {job["out"]: d for job in jobs if job.get("resume")
+             for d in [stored_settings_differ(job)] if d}
+    if stale:
+        lines = "\n".join(f"  {out}: {'; '.join(d)}" for out, d in stale.items())
+        raise ValueError(f"--resume: {len(stale)} finished run(s) under --out were made with "
+                         f"other settings (stored != this sweep):\n{lines}\nMove them "
+                         f"away or choose another --out.")
 
 
 def policy_flops(policy) -> tuple[float, float]:
@@ -692,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--report: no finished run under {root / 'runs'}")
     print(f"{len(jobs)} runs on {args.workers} workers -> {root}", flush=True)
     start = time.perf_counter()
+    check_resumable(jobs)
     rows = run_jobs(jobs, args.workers, start)
     print(write_report(args, rows, jobs, root, start), flush=True)
     return 0
