@@ -74,6 +74,13 @@ def over_budget_error(n_dense: int, target: float, sparsity: float) -> ValueErro
     )
 
 
+def dense_fits_budget(sizes: Sequence[int], dense: Iterable[int], sparsity: float) -> bool:
+    """Whether the layers ``dense``, kept whole, fit in the global budget of ``1 -
+    sparsity`` of all ``sizes`` (the rule ER/ERK allocation and the SB3 policies'
+    ``dense_input=None`` share)."""
+    return sum(sizes[i] for i in set(dense)) <= (1.0 - sparsity) * sum(sizes)
+
+
 def uniform_densities(sizes: Sequence[int], sparsity: float, dense: set[int],
                       renormalise: bool) -> list[float]:
     """Every layer at ``1 - sparsity``, the ``dense`` ones at 1.0.
@@ -135,9 +142,8 @@ def erk_densities(scores: Sequence[float], sizes: Sequence[int], sparsity: float
     Raises ``ValueError`` when the explicitly ``dense`` layers exceed that budget.
     """
     target = (1.0 - sparsity) * sum(sizes)
-    n_dense = sum(sizes[i] for i in dense)
-    if n_dense > target:
-        raise over_budget_error(n_dense, target, sparsity)
+    if not dense_fits_budget(sizes, dense, sparsity):
+        raise over_budget_error(sum(sizes[i] for i in dense), target, sparsity)
     dense_all = erk_dense_set(scores, sizes, target, dense)
     if len(dense_all) == len(sizes):
         return [1.0] * len(sizes)

@@ -48,7 +48,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from torch import nn
 
-from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.distributions import METHODS, check_sparsity, dense_fits_budget
 from sparse_agents.flops import flops
 from sparse_agents.sb3.schedule import planned_optimizer_steps
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
@@ -640,11 +640,10 @@ def input_patterns(policy: nn.Module, names: list[str], dense: list,
         if opts["distribution"] == "uniform" and \
                 not (opts["topology_kwargs"] or {}).get("renormalise"):
             return []
-        sparsity = opts["sparsity"]
-        sizes = {n: policy.get_submodule(n).weight.numel() for n in names}
-        kept = sum(sizes[n] for i, n in enumerate(names)
-                   if any(match_layer(p, i, n) for p in dense + extra))
-        if kept > (1.0 - sparsity) * sum(sizes.values()):
+        sizes = [policy.get_submodule(n).weight.numel() for n in names]
+        kept = [i for i, n in enumerate(names) if any(match_layer(p, i, n)
+                                                      for p in dense + extra)]
+        if not dense_fits_budget(sizes, kept, opts["sparsity"]):
             return []
     return extra
 
