@@ -138,7 +138,12 @@ def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width()
         active = sum(int(m.sum()) for t in model.policy.topologies.values()
                      for m in t.masks.values())
         assert row["masked_total"] > budget and abs(active - budget) <= 0.01 * budget, name
-
+    args.dense_factors = [1]  # the sparse wide rows against dense at the base width only
+    assert [v["method"] for v in bench_rl.variants(args, "ppo", "CartPole-v1")] == [
+        "dense-w32", "rigl-w64", "rigl-w128"]
+    args.dense_factors = [3]
+    with pytest.raises(ValueError, match="--dense-factors must be among"):
+        bench_rl.variants(args, "ppo", "CartPole-v1")
 
 
 def test_equal_params_with_minatar_widens_the_cnn_and_keeps_dense_w_nonzero_weights():

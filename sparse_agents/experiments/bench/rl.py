@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "minatar the CNN's units (channels W/8: 128 is the paper's network)")
     p.add_argument("--width-factors", type=int, nargs="+", default=[1, 2, 4], metavar="K",
                    help="--equal-params widths K*W (default 1 2 4; 1 is always run)")
+    p.add_argument("--dense-factors", type=int, nargs="+", default=None, metavar="K",
+                   help="--equal-params: the widths K*W of the dense rows (default: every "
+                        "--width-factors; 1 is always run): e.g. 1 to compare the sparse "
+                        "wide networks with dense W only")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--evals", type=int, default=5, help="evaluations per run")
     p.add_argument("--eval-episodes", type=int, default=10)
@@ -270,22 +274,27 @@ def masked_weights(algo: str, env: str, width: int, hyperparams: str = "zoo") ->
 
 
 def equal_param_variants(args, algo: str, env: str) -> list[dict]:
-    """``--equal-params W``: dense at widths k*W for each ``--width-factors`` k; each
-    sparse method at the widths above W with the nonzero weights of dense at W
-    (``sparsity = 1 - n(W) / n(kW)``)."""
+    """``--equal-params W``: dense at widths k*W for each ``--width-factors`` k (each
+    ``--dense-factors`` k when given); each sparse method at the widths above W with the
+    nonzero weights of dense at W (``sparsity = 1 - n(W) / n(kW)``)."""
     base = args.equal_params
     if base < 1 or min(args.width_factors) < 1:
         raise ValueError(f"--equal-params and --width-factors must be >= 1, got "
                          f"{base} and {args.width_factors}")
     factors = sorted(set(args.width_factors) | {1})
+    dense_factors = set(factors if args.dense_factors is None else args.dense_factors) | {1}
+    if not dense_factors <= set(factors):
+        raise ValueError(f"--dense-factors must be among --width-factors {factors}, got "
+                         f"{args.dense_factors}")
     totals = {k: masked_weights(algo, env, k * base, args.hyperparams) for k in factors}
     budget = totals[1]
     out = []
     for k, total in totals.items():
         width = k * base
         hp = width_hp(args.hyperparams, width)
-        out.append(dict(updater=DENSE, distribution="erk", sparsity=0.0, extra_hp=hp,
-                        method=f"dense-w{width}", masked_total=total))
+        if k in dense_factors:
+            out.append(dict(updater=DENSE, distribution="erk", sparsity=0.0, extra_hp=hp,
+                            method=f"dense-w{width}", masked_total=total))
         if k == 1:
             continue
         for updater, distribution in methods(args):
