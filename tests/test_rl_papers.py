@@ -2,6 +2,7 @@
 the last 10% of evaluations) and the RL benchmark's methods (updater x distribution)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,12 @@ def test_sparse_hp_reaches_the_sparse_runs_only(tmp_path):
     jobs = {j["method"]: j["hp"] for j in bench_rl.make_jobs(args, args.tasks, tmp_path)}
     assert jobs == {"dense": ["learning_rate=0.001"],
                     "rigl": ["learning_rate=0.001", "sparse_init=None"]}
+
+
+def test_summary_legend_states_the_equal_params_sparsity_not_the_sweep_default():
+    row = dict(task="t", method="rigl-w64", score=1.0, score_std=0.0, vs_dense=0.1,
+               final_return=1.0, best_return=1.0, train_s=1.0, train_s_std=0.0,
+               time_vs_dense=1.0, density=0.25, updates=3, flops_forward=math.nan)
+    assert "Sparse rows at 90% sparsity" in bench_rl.markdown([row], 0.9)
+    legend = bench_rl.markdown([row], None)
+    assert "90%" not in legend and "nonzero weights of dense at the base width" in legend

@@ -537,7 +537,8 @@ def summarise(rows: list[dict], names: list[str], reference: str = DENSE) -> lis
     return out
 
 
-def markdown(summary: list[dict], sparsity: float) -> str:
+def markdown(summary: list[dict], sparsity: float | None) -> str:
+    """The summary table and its legend; ``sparsity`` ``None``: ``--equal-params`` rows."""
     lines = [
         "| task | method | score (mean ± std) | Δ vs dense | final eval | best eval | "
         "train time s | time vs dense | density | updates | FLOPs/obs (× dense) |",
@@ -553,7 +554,9 @@ def markdown(summary: list[dict], sparsity: float) -> str:
             f"{s['train_s']:.1f} ± {s['train_s_std']:.1f} | {s['time_vs_dense']:.3f} | "
             f"{s['density']:.3f} | {s['updates']:.0f} | {flops_cell} |")
     lines.append("")
-    lines.append(f"Sparse rows at {sparsity:.0%} sparsity (ERK unless the row names another "
+    at = ("the sparsity that leaves them the nonzero weights of dense at the base width "
+          "(`density` column)" if sparsity is None else f"{sparsity:.0%} sparsity")
+    lines.append(f"Sparse rows at {at} (ERK unless the row names another "
                  "distribution). `score`: mean of each run's last 10% of deterministic "
                  "evaluations (Graesser et al.), mean ± std over seeds; `Δ vs dense`: "
                  "(sparse − dense) / |dense| of those means (negative: worse); `final "
@@ -665,7 +668,7 @@ def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: fl
     reference = f"{DENSE}-w{args.equal_params}" if args.equal_params else DENSE
     summary = summarise(rows, list(dict.fromkeys(j["method"] for j in jobs)), reference)
     _write_csv(root / "summary.csv", summary)
-    md = markdown(summary, args.sparsity)
+    md = markdown(summary, None if args.equal_params else args.sparsity)
     budgets = ", ".join(f"{j['task']} {j['timesteps']} steps" for j in
                         {j["task"]: j for j in jobs}.values())
     counts = {f"{r['task']} {r['method']}": r["seeds"] for r in summary}
