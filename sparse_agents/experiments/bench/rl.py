@@ -182,7 +182,7 @@ def stored_settings_differ(job: dict) -> list[str]:
                                overrides)
     options = stored.get("sparse_options") or {}  # recorded in effect, defaults included
     for recorded, wanted in ((stored.get("hyperparams") or {}, hps),
-                             (options, {k: repr(v) for k, v in overrides.items()})):
+                             (options, {k: hps[k] for k in overrides})):
         diffs += [f"{k}: {recorded[k]} != {v}" for k, v in wanted.items()
                   if k in recorded and recorded[k] != v]
     return diffs
