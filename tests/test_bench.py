@@ -150,3 +150,29 @@ def test_rl_defaults_report_scores_final_and_last_ten_percent(tmp_path, capsys):
     # finals 500 and 100; the last 10% of 4 evaluations is the last one
     assert row == "| C | 500, 100 | 300.0 ± 200.0 | 300.0 ± 200.0 | 0.100 | 1081 |"
     assert (tmp_path / "summary.md").read_text().endswith(row + "\n")
+
+
+def test_rl_defaults_refuses_finished_runs_made_under_another_default(tmp_path):
+    import json
+
+    from sparse_agents.cli.train_agent import build_agent, build_parser, options_in_effect
+    from sparse_agents.experiments.bench import rl_defaults
+
+    folder = tmp_path / "C-s0"
+    folder.mkdir()
+    args = build_parser().parse_args(rl_defaults.run_argv(folder, "C", 0, 100_000, None))
+    model, _ = build_agent(args)
+    options = options_in_effect(model)
+    (folder / "summary.json").write_text(json.dumps({"density": 0.1, "hyperparams": "zoo"}))
+
+    def record(sparse_options):
+        config = dict(vars(args), env="CartPole-v1", sparse_options=sparse_options)
+        (folder / "config.json").write_text(json.dumps(config))
+
+    record(options)
+    rl_defaults.check_resumable(tmp_path, ["C"], [0], 100_000, None)  # the same run: resumes
+    with pytest.raises(ValueError, match="C-s0: timesteps: 100000 != 50000"):
+        rl_defaults.check_resumable(tmp_path, ["C"], [0], 50_000, None)
+    record({**options, "gamma_sal": "0.5"})  # a default C does not set, changed since
+    with pytest.raises(ValueError, match="gamma_sal: 0.5 != 0.3"):
+        rl_defaults.main(["--out", str(tmp_path), "--configs", "C", "--seeds", "0"])

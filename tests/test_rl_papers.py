@@ -44,6 +44,25 @@ def test_graesser_ppo_halfcheetah_updates_every_250_training_steps():
     assert opts["t_end_fraction"] == pytest.approx(0.767, abs=1e-3)
 
 
+@pytest.mark.parametrize("algo, dense_l2, sparse_l2", [("ppo", 1e-6, 1e-4), ("sac", 1e-4, 1e-6)])
+def test_graesser_l2_is_the_sparse_configs_in_sparse_runs_and_the_dense_configs_in_dense(
+        algo, dense_l2, sparse_l2):
+    # ppo/sac_mujoco_{dense,sparse}_config.gin: train_eval.weight_decay; an L2 loss c*|w|^2
+    # is Adam's weight_decay 2c
+    def decays(model):
+        policy = model.policy
+        opts = [policy.actor.optimizer, policy.critic.optimizer] if algo == "sac" else [
+            policy.optimizer]
+        return [g["weight_decay"] for opt in opts for g in opt.param_groups]
+
+    dense, _ = make_agent(algo, "HalfCheetah-v5", "dense", hyperparams="graesser")
+    sparse, _ = make_agent(algo, "HalfCheetah-v5", "rigl", 0.9, hyperparams="graesser")
+    assert decays(dense) == pytest.approx([2 * dense_l2] * len(decays(dense)))
+    assert decays(sparse) == pytest.approx([2 * sparse_l2] * len(decays(sparse)))
+    assert hyperparameters(algo, "HalfCheetah-v5", "graesser", sparse=False).keys().isdisjoint(
+        {"delta_t", "sparse_init", "sparse_runs"})
+
+
 def test_dense_agent_drops_the_tables_sparse_schedule_but_overrides_still_fail():
     model, _ = make_agent("dqn", "CartPole-v1", "dense", hyperparams="graesser")
     assert model.policy.net_arch == [512, 512] and not hasattr(model.policy, "sparse_options")
@@ -121,6 +140,11 @@ def test_resume_refuses_finished_runs_made_with_other_settings(tmp_path):
         with pytest.raises(ValueError, match="dqn-CartPole-v1-rigl-s0"):
             bench_rl.main(other)
     assert bench_rl.main(argv) == 0  # the same settings resume
+    path = tmp_path / "runs" / "dqn-CartPole-v1-rigl-s0" / "config.json"
+    path.write_text(json.dumps({**config, "sparse_options": {
+        **config["sparse_options"], "drop_fraction": "0.3"}}))  # another default then
+    with pytest.raises(ValueError, match="drop_fraction: 0.3 != 0.5"):
+        bench_rl.main(argv)
 
 
 def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width():

@@ -110,11 +110,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def recorded_hyperparams(algo: str, env_id: str, table: str,
-                         overrides: dict[str, Any]) -> dict[str, str]:
-    """The hyperparameters a run records in ``config.json``: the table's for the task with
-    the ``--hp`` overrides, as ``repr`` strings."""
-    return {k: repr(v) for k, v in {**hyperparameters(algo, env_id, table),
+def recorded_hyperparams(algo: str, env_id: str, table: str, overrides: dict[str, Any],
+                         sparse: bool = True) -> dict[str, str]:
+    """The hyperparameters a run records in ``config.json``: the table's for the task and
+    the run's kind (``sparse``) with the ``--hp`` overrides, as ``repr`` strings."""
+    return {k: repr(v) for k, v in {**hyperparameters(algo, env_id, table, sparse),
                                     **overrides}.items()}
 
 
@@ -138,6 +138,25 @@ def plot_curve(rows: list, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def build_agent(args: argparse.Namespace):
+    """``(model, eval_env)`` of the run ``args`` describe (nothing trained or written)."""
+    sparse_options: dict[str, Any] = {"condensed_rollout": args.condensed_rollout}
+    for key in ("delta_t", "drop_fraction", "t_end_fraction"):
+        if getattr(args, key) is not None:
+            sparse_options[key] = getattr(args, key)
+    return make_agent(args.algo, args.env or DEFAULT_ENV[args.algo], args.updater,
+                      args.sparsity, args.distribution, args.seed, parse_overrides(args.hp),
+                      sparse_options, args.n_envs, args.device, args.verbose,
+                      args.fused_adam, args.hyperparams, args.timesteps)
+
+
+def options_in_effect(model) -> dict[str, str] | None:
+    """A sparse policy's options in effect, defaults included, as ``repr`` strings (what
+    ``config.json`` records as ``sparse_options``); ``None`` for a dense policy."""
+    options = getattr(model.policy, "sparse_options", None)
+    return None if options is None else {k: repr(v) for k, v in options.items()}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate, save; returns the summary."""
     import torch
@@ -152,14 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or f"runs/{args.algo}-{env_slug(env_id)}-{args.updater}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     overrides = parse_overrides(args.hp)
-    sparse_options: dict[str, Any] = {"condensed_rollout": args.condensed_rollout}
-    for key in ("delta_t", "drop_fraction", "t_end_fraction"):
-        if getattr(args, key) is not None:
-            sparse_options[key] = getattr(args, key)
-    model, eval_env = make_agent(args.algo, env_id, args.updater, args.sparsity,
-                                 args.distribution, args.seed, overrides, sparse_options,
-                                 args.n_envs, args.device, args.verbose, args.fused_adam,
-                                 args.hyperparams, args.timesteps)
+    model, eval_env = build_agent(args)
     formats = ["csv"] + (["stdout"] if args.verbose else []) + \
         (["tensorboard"] if args.tensorboard else [])
     model.set_logger(configure(str(out), formats))
@@ -178,9 +190,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     callback = evaluation_callback(eval_env, every, args.eval_episodes, rows,
                                    out / "evaluations.csv", echo)
     config = dict(vars(args), env=env_id, out=str(out), hyperparams=recorded_hyperparams(
-        args.algo, env_id, args.hyperparams, overrides))
-    if hasattr(model.policy, "sparse_options"):  # the options in effect, defaults included
-        config["sparse_options"] = {k: repr(v) for k, v in model.policy.sparse_options.items()}
+        args.algo, env_id, args.hyperparams, overrides, args.updater != DENSE))
+    if options_in_effect(model) is not None:
+        config["sparse_options"] = options_in_effect(model)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     print(f"training {label} for {args.timesteps} timesteps -> {out}", flush=True)
     start = time.perf_counter()

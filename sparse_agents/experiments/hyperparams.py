@@ -17,6 +17,11 @@ from typing import Any
 import torch
 
 from sparse_agents.sb3.extractors import MinAtarCNN
+from sparse_agents.sb3.mixin import SPARSE_DEFAULTS
+
+#: a table entry's key for the values only its sparse runs take (a paper whose sparse
+#: configuration overrides its dense one)
+SPARSE_RUNS = "sparse_runs"
 
 #: (algorithm, environment id) -> zoo hyperparameters
 HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
@@ -56,10 +61,12 @@ HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
 #: last at 80%; ERK, output layers sparse; every sparse config sets
 #: ``init_masks.fixed_sparse_init = True``: ``sparse_init="fan_avg"``). ``reward_scale``
 #: multiplies the training rewards (SAC's ``reward_scale_factor=0.1``).
-#: Keras' L2(1e-6) on DQN's kernels is Adam's weight_decay 2e-6; TF-Agents' DQN does not
-#: clip gradients (``max_grad_norm=inf``). What SB3 cannot express
-#: is listed in docs/rl.md (the squared TD loss, He/orthogonal inits, PPO's sparse-only
-#: L2 1e-4).
+#: An L2 loss ``c * sum(w**2)`` on the kernels (Keras' ``L2(c)``, TF-Agents' PPO
+#: ``*_l2_reg``) is Adam's ``weight_decay=2c``. The L2 differs between a paper's dense
+#: and sparse configs (``SPARSE_RUNS``): DQN 1e-6 in both, PPO 1e-6 dense and 1e-4
+#: sparse, SAC 1e-4 dense and 1e-6 sparse. TF-Agents' DQN does not clip gradients
+#: (``max_grad_norm=inf``). What SB3 cannot express is listed in docs/rl.md (the squared
+#: TD loss, He/orthogonal inits, an L2 on kernels only: Adam's covers biases too).
 GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
     ("dqn", "CartPole-v1"): dict(net_arch=[512, 512], learning_rate=1e-3, batch_size=128,
                                  buffer_size=100_000, learning_starts=1000, gamma=0.99,
@@ -71,16 +78,18 @@ GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
     ("ppo", "HalfCheetah-v5"): dict(normalize=True, n_envs=1, n_steps=2048, batch_size=64,
                                     n_epochs=10, learning_rate="lin_3e-4", clip_range=0.2,
                                     gae_lambda=0.95, gamma=0.99, ent_coef=0.0, vf_coef=0.5,
-                                    max_grad_norm=0.5, optimizer_kwargs={"weight_decay": 1e-6},
+                                    max_grad_norm=0.5, optimizer_kwargs={"weight_decay": 2e-6},
                                     delta_t=250, drop_fraction=0.3,
                                     t_end_fraction=120_000 / 156_480, schedule="cosine",
-                                    sparse_init="fan_avg"),
+                                    sparse_init="fan_avg",
+                                    sparse_runs={"optimizer_kwargs": {"weight_decay": 2e-4}}),
     ("sac", "HalfCheetah-v5"): dict(net_arch=[256, 256], learning_rate=3e-4, batch_size=256,
                                     buffer_size=1_000_000, learning_starts=1000,
                                     gamma=0.99, tau=0.005, train_freq=1, gradient_steps=1,
-                                    reward_scale=0.1, delta_t=1000, drop_fraction=0.5,
-                                    t_end_fraction=0.8, schedule="cosine",
-                                    sparse_init="fan_avg"),
+                                    reward_scale=0.1, optimizer_kwargs={"weight_decay": 2e-4},
+                                    delta_t=1000, drop_fraction=0.5, t_end_fraction=0.8,
+                                    schedule="cosine", sparse_init="fan_avg",
+                                    sparse_runs={"optimizer_kwargs": {"weight_decay": 2e-6}}),
 }
 
 #: Young & Tian, "MinAtar" (2019), ``examples/dqn.py`` of kenjyoung/MinAtar: their
@@ -119,17 +128,24 @@ def zoo_hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
     return dict(HYPERPARAMS.get((algo, env_id), {}))
 
 
-def hyperparameters(algo: str, env_id: str, source: str = "zoo") -> dict[str, Any]:
-    """A copy of ``source``'s entry for (algo, env); ``{}`` for a task the zoo does not
-    list, ``ValueError`` for a paper that did not run it."""
+def hyperparameters(algo: str, env_id: str, source: str = "zoo",
+                    sparse: bool = True) -> dict[str, Any]:
+    """A copy of the values ``source`` gives a run on (algo, env): a sparse run its sparse
+    schedule and ``SPARSE_RUNS`` values, a dense run neither. ``{}`` for a task the zoo
+    does not list, ``ValueError`` for a paper that did not run it."""
     if source not in SOURCES:
         raise ValueError(f"hyperparams must be one of {tuple(SOURCES)}, got {source!r}")
     table = SOURCES[source]
     if source != "zoo" and (algo, env_id) not in table:
         raise ValueError(f"hyperparams={source!r} has no entry for {algo} on {env_id}; "
                          f"it has {sorted(f'{a}:{e}' for a, e in table)}")
-    return {k: dict(v) if isinstance(v, dict) else v
-            for k, v in table.get((algo, env_id), {}).items()}
+    entry = dict(table.get((algo, env_id), {}))
+    only_sparse = entry.pop(SPARSE_RUNS, {})
+    if sparse:
+        entry.update(only_sparse)
+    else:
+        entry = {k: v for k, v in entry.items() if k not in SPARSE_DEFAULTS}
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in entry.items()}
 
 
 def resolve_schedules(hp: dict[str, Any], constant: bool = False) -> dict[str, Any]:

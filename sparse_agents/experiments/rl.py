@@ -113,9 +113,7 @@ def _split_hyperparameters(algo: str, env_id: str, overrides: dict | None, updat
     """``source``'s values plus ``overrides``, split into algorithm keywords, policy
     keywords and sparse options; also ``normalize`` and the table's ``n_envs``. A table's
     sparse schedule is dropped for a dense agent; one given in ``overrides`` is an error."""
-    hp = hyperparameters(algo, env_id, source)
-    if updater == DENSE:
-        hp = {k: v for k, v in hp.items() if k not in SPARSE_DEFAULTS}
+    hp = hyperparameters(algo, env_id, source, sparse=updater != DENSE)
     hp.update(overrides or {})
     if "exploration_steps" in hp:
         hp["exploration_fraction"] = _exploration_fraction(hp.pop("exploration_steps"),

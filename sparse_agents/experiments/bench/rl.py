@@ -160,44 +160,21 @@ SPARSE_RESUME_KEYS = ("sparsity", "distribution")  # a dense run ignores them
 
 def stored_settings_differ(job: dict) -> list[str]:
     """The settings (``key: stored != job``) in which the finished run in ``job["out"]``
-    differs from ``job``: the run's arguments, its table's name and every hyperparameter
-    both record (a run recorded before a key existed is not held to it); empty when there
-    is no finished run or it matches."""
-    from sparse_agents.cli.train_agent import build_parser as train_parser
-    from sparse_agents.cli.train_agent import parse_overrides, recorded_hyperparams
+    differs from ``job`` (:func:`~sparse_agents.experiments.bench.resume.settings_differ`);
+    empty when there is no finished run or it matches."""
+    from sparse_agents.experiments.bench.resume import settings_differ
 
-    out = Path(job["out"])
-    if not (out / "summary.json").exists() or not (out / "config.json").exists():
-        return []
-    stored = json.loads((out / "config.json").read_text())
-    expected = vars(train_parser().parse_args(job_argv(job)))
     keys = RESUME_KEYS + (() if job["updater"] == DENSE else SPARSE_RESUME_KEYS)
-    diffs = [f"{k}: {stored[k]!r} != {expected[k]!r}"
-             for k in keys if k in stored and stored[k] != expected[k]]
-    name = json.loads((out / "summary.json").read_text()).get("hyperparams")
-    if name is not None and name != job["hyperparams"]:
-        diffs.append(f"hyperparams: {name!r} != {job['hyperparams']!r}")
-    overrides = parse_overrides(job.get("hp", []))
-    hps = recorded_hyperparams(job["algo"], stored.get("env", job["env"]), job["hyperparams"],
-                               overrides)
-    options = stored.get("sparse_options") or {}  # recorded in effect, defaults included
-    for recorded, wanted in ((stored.get("hyperparams") or {}, hps),
-                             (options, {k: hps[k] for k in overrides})):
-        diffs += [f"{k}: {recorded[k]} != {v}" for k, v in wanted.items()
-                  if k in recorded and recorded[k] != v]
-    return diffs
+    return settings_differ(Path(job["out"]), job_argv(job), keys)
 
 
 def check_resumable(jobs: list[dict]) -> None:
     """Refuse to resume a sweep whose finished runs were made with other settings (the
     tables would mix them silently)."""
-    stale = {job["out"]: d for job in jobs if job.get("resume")
-             for d in [stored_settings_differ(job)] if d}
-    if stale:
-        lines = "\n".join(f"  {out}: {'; '.join(d)}" for out, d in stale.items())
-        raise ValueError(f"--resume: {len(stale)} finished run(s) under --out were made with "
-                         f"other settings (stored != this sweep):\n{lines}\nMove them "
-                         f"away or choose another --out.")
+    from sparse_agents.experiments.bench.resume import refuse_stale
+
+    refuse_stale({job["out"]: stored_settings_differ(job) for job in jobs if job.get("resume")},
+                 "Move them away or choose another --out.")
 
 
 def policy_flops(policy) -> tuple[float, float]:

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sparse-bench-rl-defaults", description=__doc__.split("\n\n")[0],
         epilog="Each run writes OUT/<config>-s<seed>/; re-running resumes: finished runs "
-               "(with a summary.json) are skipped. The table goes to stdout and "
+               "(with a summary.json) are skipped, and refused when made with other "
+               "settings (options in effect, defaults included). The table goes to stdout and "
                "OUT/summary.md. Configs: " + ", ".join(
                    f"{k} ({' '.join(v) or 'no options'})" for k, v in CONFIGS.items()))
     p.add_argument("--out", required=True, help="output folder")
@@ -72,17 +73,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the arguments a finished run must share with the sweep to be resumed (its hyperparameters
+#: and sparse options in effect are compared too: ``resume.settings_differ``)
+RESUME_KEYS = ("algo", "env", "updater", "timesteps", "seed", "eval_freq", "sparsity",
+               "distribution", "delta_t", "drop_fraction", "t_end_fraction")
+
+
+def run_argv(folder: Path, name: str, seed: int, timesteps: int,
+             eval_freq: int | None) -> list[str]:
+    """The ``sparse-train`` arguments of config ``name``'s run with ``seed``."""
+    extra = [] if eval_freq is None else ["--eval-freq", str(eval_freq)]
+    return ["--timesteps", str(timesteps), "--seed", str(seed), "--out", str(folder),
+            "--no-progress", "--no-plot", *extra, *CONFIGS[name]]
+
+
+def check_resumable(out: Path, configs: list[str], seeds: list[int], timesteps: int,
+                    eval_freq: int | None) -> None:
+    """Refuse to continue a sweep whose finished runs were made with other settings (a
+    config's options, a library default or ``--timesteps`` changed since)."""
+    from sparse_agents.experiments.bench.resume import refuse_stale, settings_differ
+
+    folders = {out / f"{name}-s{seed}": (name, seed) for seed in seeds for name in configs}
+    refuse_stale({str(f): settings_differ(f, run_argv(f, *ns, timesteps, eval_freq),
+                                          RESUME_KEYS) for f, ns in folders.items()},
+                 "A config whose options change needs a new name; or choose another --out.")
+
+
 def run_missing(out: Path, configs: list[str], seeds: list[int], timesteps: int,
                 eval_freq: int | None) -> None:
     """Train every (config, seed) without a ``summary.json`` yet."""
     for seed in seeds:
         for name in configs:
             folder = out / f"{name}-s{seed}"
-            if (folder / "summary.json").exists():
-                continue
-            extra = [] if eval_freq is None else ["--eval-freq", str(eval_freq)]
-            train(["--timesteps", str(timesteps), "--seed", str(seed), "--out", str(folder),
-                   "--no-progress", "--no-plot", *extra, *CONFIGS[name]])
+            if not (folder / "summary.json").exists():
+                train(run_argv(folder, name, seed, timesteps, eval_freq))
 
 
 def score(folder: Path) -> dict[str, float]:
@@ -128,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
+        check_resumable(out, args.configs, args.seeds, args.timesteps, args.eval_freq)
         run_missing(out, args.configs, args.seeds, args.timesteps, args.eval_freq)
     text = table(out, args.configs, args.seeds)
     (out / "summary.md").write_text(text)
