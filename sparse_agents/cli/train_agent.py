@@ -138,13 +138,18 @@ def plot_curve(rows: list, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def env_of(args: argparse.Namespace) -> str:
+    """The environment id a run trains on (``--env`` or the algorithm's default)."""
+    return args.env or DEFAULT_ENV[args.algo]
+
+
 def build_agent(args: argparse.Namespace):
     """``(model, eval_env)`` of the run ``args`` describe (nothing trained or written)."""
     sparse_options: dict[str, Any] = {"condensed_rollout": args.condensed_rollout}
     for key in ("delta_t", "drop_fraction", "t_end_fraction"):
         if getattr(args, key) is not None:
             sparse_options[key] = getattr(args, key)
-    return make_agent(args.algo, args.env or DEFAULT_ENV[args.algo], args.updater,
+    return make_agent(args.algo, env_of(args), args.updater,
                       args.sparsity, args.distribution, args.seed, parse_overrides(args.hp),
                       sparse_options, args.n_envs, args.device, args.verbose,
                       args.fused_adam, args.hyperparams, args.timesteps)
@@ -167,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.timesteps < 1:
         raise ValueError(f"--timesteps must be >= 1, got {args.timesteps}")
     torch.set_num_threads(max(1, args.threads))
-    env_id = args.env or DEFAULT_ENV[args.algo]
+    env_id = env_of(args)
     out = Path(args.out or f"runs/{args.algo}-{env_slug(env_id)}-{args.updater}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     overrides = parse_overrides(args.hp)
@@ -191,8 +196,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    out / "evaluations.csv", echo)
     config = dict(vars(args), env=env_id, out=str(out), hyperparams=recorded_hyperparams(
         args.algo, env_id, args.hyperparams, overrides, args.updater != DENSE))
-    if options_in_effect(model) is not None:
-        config["sparse_options"] = options_in_effect(model)
+    options = options_in_effect(model)
+    if options is not None:
+        config["sparse_options"] = options
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     print(f"training {label} for {args.timesteps} timesteps -> {out}", flush=True)
     start = time.perf_counter()

@@ -11,11 +11,11 @@ from pathlib import Path
 from sparse_agents.cli.train_agent import (
     build_agent,
     build_parser,
+    env_of,
     options_in_effect,
     parse_overrides,
     recorded_hyperparams,
 )
-from sparse_agents.experiments.rl import DEFAULT_ENV
 from sparse_agents.updaters import DENSE
 
 
@@ -34,7 +34,7 @@ def settings_differ(out: Path, argv: list[str], keys: Sequence[str]) -> list[str
         return []
     stored = json.loads((out / "config.json").read_text())
     args = build_parser().parse_args(argv)
-    args.env = args.env or DEFAULT_ENV[args.algo]  # config.json records the id in use
+    args.env = env_of(args)  # config.json records the id in use
     wanted = vars(args)
     diffs = [f"{k}: {stored[k]!r} != {wanted[k]!r}"
              for k in keys if k in stored and stored[k] != wanted[k]]
