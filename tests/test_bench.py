@@ -176,3 +176,24 @@ def test_rl_defaults_refuses_finished_runs_made_under_another_default(tmp_path):
     record({**options, "gamma_sal": "0.5"})  # a default C does not set, changed since
     with pytest.raises(ValueError, match="gamma_sal: 0.5 != 0.3"):
         rl_defaults.main(["--out", str(tmp_path), "--configs", "C", "--seeds", "0"])
+
+
+def test_zero_state_bench_steps_on_dense_and_on_ninety_percent_zero_state():
+    from sparse_agents.experiments.bench.topology import (
+        STEP_OPTIMIZERS,
+        _optimizer_step,
+        _sqrt_where_nonzero,
+        bench_zero_state,
+    )
+
+    for _, cls, kwargs in STEP_OPTIMIZERS:
+        for keep, zeros in ((1.0, 0.0), (0.1, 0.9)):
+            opt = _optimizer_step(cls, kwargs, keep).__self__
+            state = next(iter(opt.state.values()))
+            second = state["exp_avg_sq" if "exp_avg_sq" in state else "square_avg"]
+            assert (second == 0).float().mean().item() == pytest.approx(zeros, abs=0.01)
+    x = torch.tensor([0.0, -0.0, 4.0, 2.0, float("nan"), -1.0])
+    assert torch.equal(_sqrt_where_nonzero(x).nan_to_num(7.0), x.sqrt().nan_to_num(7.0))
+    rows = bench_zero_state(repeats=1)
+    assert len(rows) == 2 * len(STEP_OPTIMIZERS) + 4
+    assert all(r["ms"] > 0 for r in rows)

@@ -1,7 +1,8 @@
 """The cost of :class:`~sparse_agents.SparseTopology`, measured side by side in one process.
 
 Behind ``scripts/bench_topology.py``: the optimizer-step overhead of the topology's hooks,
-and the wall time of one update per updater (:mod:`sparse_agents.timing`).
+the wall time of one update per updater, and what the exact zeros masked weights keep in
+an optimizer's state cost its step on the CPU (:mod:`sparse_agents.timing`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ Benchmark the cost of SparseTopology, measured side by side in one process.
    sparsity with Adam, with the topology's hooks attached vs the same step on the same
    tensors with the hooks detached (both grad-masking modes), interleaved.
 2. Wall time of one update of a 3072x768 layer (90% sparsity) per dynamic updater.
+3. The cost of zero optimizer state (invariant 1: masked weights keep exact zeros in it):
+   one step of Adam (single-tensor and fused) and RMSprop (centered, as Young & Tian's
+   DQN, and plain, as SB3's A2C) on a 128x1024 weight, with a dense gradient vs a 90%
+   masked one, interleaved; and Tensor.sqrt of zeros vs positive values.
 
 With --out, writes bench_topology.csv and bench_topology.md there; re-running
 overwrites them."""
@@ -95,6 +100,61 @@ def bench_updates(repeats: int) -> list[dict]:
              "ratio_to_plain": float("nan")} for name, t in times.items()]
 
 
+#: (name, class, keyword arguments) of the optimizers the sparse agents train with
+STEP_OPTIMIZERS = (
+    ("Adam", torch.optim.Adam, {"lr": 1e-3}),
+    ("Adam fused", torch.optim.Adam, {"lr": 1e-3, "fused": True}),
+    ("RMSprop centered", torch.optim.RMSprop,
+     {"lr": 2.5e-4, "alpha": 0.95, "eps": 0.01, "momentum": 0.95, "centered": True}),
+    ("RMSprop", torch.optim.RMSprop, {"lr": 7e-4, "alpha": 0.99, "eps": 1e-5}),
+)
+
+
+def _optimizer_step(cls: type, kwargs: dict, keep: float):
+    """``step`` of ``cls`` on one 128x1024 weight (``MinAtarCNN``'s linear layer) whose
+    gradient, and so whose state, is zero outside a random ``keep`` fraction."""
+    g = torch.Generator().manual_seed(0)
+    w = nn.Parameter(torch.randn(128, 1024, generator=g))
+    w.grad = torch.randn(w.shape, generator=g) * (torch.rand(w.shape, generator=g) < keep)
+    opt = cls([w], **kwargs)
+    opt.step()  # creates the state
+    return opt.step
+
+
+def _sqrt_where_nonzero(x: torch.Tensor) -> torch.Tensor:
+    """``x.sqrt()`` computed only where ``x`` is nonzero (the same values)."""
+    nonzero = x != 0
+    return torch.where(nonzero, x, 1.0).sqrt_().mul_(nonzero)
+
+
+def bench_zero_state(repeats: int) -> list[dict]:
+    """Optimizer steps with a dense vs a 90% masked gradient, and ``sqrt`` of zeros."""
+    rows = []
+    for name, cls, kwargs in STEP_OPTIMIZERS:
+        times = time_interleaved({"dense": _optimizer_step(cls, kwargs, 1.0),
+                                  "masked": _optimizer_step(cls, kwargs, 0.1)},
+                                 rounds=repeats, warmup=1)
+        rows.append({"what": f"{name} step 128x1024, dense gradient",
+                     "ms": times["dense"] * 1e3, "ratio_to_plain": 1.0})
+        rows.append({"what": f"{name} step 128x1024, 90% masked (zero state)",
+                     "ms": times["masked"] * 1e3,
+                     "ratio_to_plain": times["masked"] / times["dense"]})
+    n = 128 * 1024
+    positive, zeros = torch.rand(n) + 0.1, torch.zeros(n)
+    masked = positive * (torch.rand(n) < 0.1)
+    times = time_interleaved({"positive": positive.sqrt, "zeros": zeros.sqrt,
+                              "masked": masked.sqrt,
+                              "where": partial(_sqrt_where_nonzero, masked)},
+                             rounds=repeats, warmup=1)
+    for key, what in (("positive", "sqrt of 131072 positive values"),
+                      ("zeros", "sqrt of 131072 zeros"),
+                      ("masked", "sqrt, 90% zeros"),
+                      ("where", "sqrt only where nonzero (where, sqrt, mul), 90% zeros")):
+        rows.append({"what": what, "ms": times[key] * 1e3,
+                     "ratio_to_plain": times[key] / times["positive"]})
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_topology.py", description=DESCRIPTION,
                                      epilog=EPILOG,
@@ -129,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats = 10 if args.quick else 40
-    rows = bench_hooks(repeats) + bench_updates(3 if args.quick else 7)
+    rows = (bench_hooks(repeats) + bench_updates(3 if args.quick else 7)
+            + bench_zero_state(repeats // 2))
     report(rows, args.threads, args.out)
     return 0
