@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sparse_agents import SparseTopology
+from sparse_agents.experiments.hyperparams import YOUNG_TIAN
 from sparse_agents.timing import time_interleaved
 from sparse_agents.updaters import REGISTRY, initial_mask
 
@@ -100,13 +101,14 @@ def bench_updates(repeats: int) -> list[dict]:
              "ratio_to_plain": float("nan")} for name, t in times.items()]
 
 
+_MINATAR_DQN = YOUNG_TIAN["dqn", "MinAtar/Breakout-v1"]
 #: (name, class, keyword arguments) of the optimizers the sparse agents train with
 STEP_OPTIMIZERS = (
     ("Adam", torch.optim.Adam, {"lr": 1e-3}),
     ("Adam fused", torch.optim.Adam, {"lr": 1e-3, "fused": True}),
-    ("RMSprop centered", torch.optim.RMSprop,
-     {"lr": 2.5e-4, "alpha": 0.95, "eps": 0.01, "momentum": 0.95, "centered": True}),
-    ("RMSprop", torch.optim.RMSprop, {"lr": 7e-4, "alpha": 0.99, "eps": 1e-5}),
+    ("RMSprop centered", _MINATAR_DQN["optimizer_class"],
+     {"lr": _MINATAR_DQN["learning_rate"], **_MINATAR_DQN["optimizer_kwargs"]}),
+    ("RMSprop", torch.optim.RMSprop, {"lr": 7e-4, "alpha": 0.99, "eps": 1e-5}),  # SB3's A2C
 )
 
 
