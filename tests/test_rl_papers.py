@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from sparse_agents.experiments.bench import rl as bench_rl
 from sparse_agents.experiments.hyperparams import GRAESSER, hyperparameters
@@ -104,6 +105,31 @@ def test_bench_rows_are_methods_dense_once_and_score_is_last_tenth(tmp_path):
         r["method"] = r["method"].replace("dense", "dense-w8")
     ref = {r["method"]: r for r in bench_rl.summarise(rows, ["dense-w8", "set"], "dense-w8")}
     assert ref["set"]["vs_dense"] == pytest.approx(-0.5)  # against the base width's dense
+
+
+def test_score_differences_compare_each_row_to_dense_and_dynamic_updaters_to_static():
+    scores = {"dense": [100, 110, 120], "static": [50, 55, 60], "rigl": [90, 100, 110],
+              "rigl-uniform": [10, 20, 30]}
+    kinds = {"dense": ("dense", "erk", 0.0), "static": ("static", "erk", 0.9),
+             "rigl": ("rigl", "erk", 0.9), "rigl-uniform": ("rigl", "uniform", 0.9)}
+    jobs = [dict(method=m, updater=u, distribution=d, sparsity=s)
+            for m, (u, d, s) in kinds.items()]
+    rows = [dict(task="t", method=m, seed=i, final_mean=v, last10_mean=v)
+            for m, vs in scores.items() for i, v in enumerate(vs)]
+    table = {(c["method"], c["baseline"]): c for c in bench_rl.contrasts(rows, jobs)}
+    # static-uniform did not run: rigl-uniform is compared to dense only
+    assert set(table) == {("static", "dense"), ("rigl", "dense"), ("rigl", "static"),
+                          ("rigl-uniform", "dense")}
+    lead = table[("rigl", "static")]
+    ci = stats.ttest_ind(scores["rigl"], scores["static"], equal_var=False
+                         ).confidence_interval(0.95)
+    assert lead["diff"] == 45 and lead["excludes_zero"]
+    assert lead["diff"] - lead["ci95"] == pytest.approx(ci.low)
+    assert not table[("rigl", "dense")]["excludes_zero"]  # -10, inside the spread
+    md = bench_rl.contrast_markdown(list(table.values()))
+    assert "| t | rigl − static | 3/3 | +45.0 | [" in md
+    one = bench_rl.contrasts(rows[:1] + rows[3:4], jobs)
+    assert "| – | no |" in bench_rl.contrast_markdown(one)  # one seed a side: no interval
 
 
 def test_bench_run_writes_the_score_and_resumes(tmp_path):

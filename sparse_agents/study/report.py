@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sparse_agents.intervals import diff_ci
 from sparse_agents.study.store import write_json_atomic
 
 GROUP = ["workload", "distribution", "sparsity", "updater"]
@@ -56,26 +57,6 @@ def aggregate(df: pd.DataFrame, metric: str = "metric") -> pd.DataFrame:
     table["std"] = table["std"].fillna(0.0).where(table["n"] > 1, math.nan)
     table["ci95"] = [_ci95(s, n) for s, n in zip(table["std"], table["n"], strict=True)]
     return table.sort_values(GROUP).reset_index(drop=True)[GROUP + ["mean", "std", "ci95", "n"]]
-
-
-def diff_ci(xa: np.ndarray, xb: np.ndarray, paired: bool) -> tuple[float, float]:
-    """``mean(xa) - mean(xb)`` and the half-width of its 95% CI: a paired t interval
-    on the per-seed differences, else Welch's (NaN when a side has one value)."""
-    diff = float(xa.mean() - xb.mean())
-    if paired:
-        if len(xa) < 2:
-            return diff, math.nan
-        d = xa - xb
-        se = float(d.std(ddof=1)) / math.sqrt(len(d))
-        return diff, float(stats.t.ppf(0.975, len(d) - 1) * se) if se > 0 else 0.0
-    if len(xa) < 2 or len(xb) < 2:
-        return diff, math.nan
-    va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, 0.0
-    dof = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
-    return diff, float(stats.t.ppf(0.975, dof) * se)
 
 
 def contrast(ga: pd.DataFrame, gb: pd.DataFrame, metric: str) -> tuple[float, float, bool]:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from sparse_agents.distributions import METHODS
 from sparse_agents.experiments.hyperparams import SOURCES
+from sparse_agents.intervals import diff_ci
 from sparse_agents.timing import sample_interleaved, time_interleaved
-from sparse_agents.updaters import DENSE, updater_names
+from sparse_agents.updaters import DENSE, REGISTRY, updater_names
 
 DEFAULT_TASKS = ("ppo:CartPole-v1:50000", "ppo:Acrobot-v1:100000", "dqn:CartPole-v1:50000")
 MUJOCO_TASK = "sac:HalfCheetah-v5:30000"
@@ -44,9 +45,11 @@ Writes under --out: runs/<task>-<method>-s<seed>/ (model, evaluations.csv,
 summary.json), results.csv (one row per run), summary.csv and summary.md (mean +- std
 over seeds of the score and of the final return, training wall time without evaluation,
 and its ratio to dense; forward FLOPs per observation of the trained policy and their
-ratio to dense), curves.png. Re-running retrains every run and overwrites; with --resume,
-re-running resumes: finished runs are skipped, and a finished run whose recorded settings
-differ from the sweep's (arguments, hyperparameters, sparse options in effect) stops it
+ratio to dense), contrasts.csv (each row's score minus dense's, and each DST row's
+minus static's, with the 95% CI of the difference, Welch's t), curves.png.
+Re-running retrains every run and overwrites; with --resume, re-running resumes:
+finished runs are skipped, and a finished run whose recorded settings differ from the
+sweep's (arguments, hyperparameters, sparse options in effect) stops it
 before anything trains (--report only rebuilds the tables).
 --overhead writes overhead[_<hyperparams>][_fused].csv/.md and --rollout rollout.md
 (overwritten)."""
@@ -535,7 +538,7 @@ def markdown(summary: list[dict], sparsity: float | None) -> str:
           "(`density` column)" if sparsity is None else f"{sparsity:.0%} sparsity")
     lines.append(f"Sparse rows at {at} (ERK unless the row names another "
                  "distribution). `score`: mean of each run's last 10% of deterministic "
-                 "evaluations (Graesser et al.), mean ± std over seeds; `Δ vs dense`: "
+                 "evaluations (Graesser et al.), mean ± std over seeds (÷ n); `Δ vs dense`: "
                  "(sparse − dense) / |dense| of those means (negative: worse); `final "
                  "eval`: the evaluation at the end, mean over seeds; `best eval`: "
                  "mean over seeds of each run's best evaluation; `train time`: "
@@ -543,6 +546,53 @@ def markdown(summary: list[dict], sparsity: float | None) -> str:
                  "observation of the trained policy (`sparse_agents.flops`: active weights "
                  "only, ablated neurons folded; SAC/TD3: the actor), and its ratio to the "
                  "same policy dense.")
+    return "\n".join(lines) + "\n"
+
+
+def contrasts(rows: list[dict], jobs: list[dict], reference: str = DENSE) -> list[dict]:
+    """Per task: every method's score minus ``reference``'s, and every dynamic updater's
+    minus the fixed-mask one's (static) at the same distribution and sparsity, with the
+    half-width of the difference's 95% CI (Welch's t over seeds: runs of one seed share
+    only the environment seeds, so the samples are not paired)."""
+    kinds = {j["method"]: (j["updater"], j["distribution"], j["sparsity"]) for j in jobs}
+    fixed = {(d, s): m for m, (u, d, s) in kinds.items()
+             if u != DENSE and not REGISTRY[u].dynamic}
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        scores: dict[str, list[float]] = {}
+        for r in rows:
+            if r["task"] == task:
+                scores.setdefault(r["method"], []).append(score(r))
+        for method, (updater, distribution, sparsity) in kinds.items():
+            baselines = [reference]
+            if updater != DENSE and REGISTRY[updater].dynamic:
+                baselines.append(fixed.get((distribution, sparsity)))
+            for base in baselines:
+                if base is None or base == method or not {method, base} <= scores.keys():
+                    continue
+                diff, half = diff_ci(scores[method], scores[base], paired=False)
+                out.append({"task": task, "method": method, "baseline": base,
+                            "seeds": f"{len(scores[method])}/{len(scores[base])}",
+                            "diff": diff, "ci95": half,
+                            "excludes_zero": bool(math.isfinite(half) and abs(diff) > half)})
+    return out
+
+
+CONTRAST_FIELDS = ["task", "method", "baseline", "seeds", "diff", "ci95", "excludes_zero"]
+
+
+def contrast_markdown(table: list[dict]) -> str:
+    """:func:`contrasts` as a markdown table and its legend."""
+    lines = ["| task | method − baseline | seeds | Δ score | 95% CI | CI excludes 0 |",
+             "|---|---|---|---|---|---|"]
+    for c in table:
+        ci = (f"[{c['diff'] - c['ci95']:+.1f}, {c['diff'] + c['ci95']:+.1f}]"
+              if math.isfinite(c["ci95"]) else "–")
+        lines.append(f"| {c['task']} | {c['method']} − {c['baseline']} | {c['seeds']} | "
+                     f"{c['diff']:+.1f} | {ci} | {'yes' if c['excludes_zero'] else 'no'} |")
+    lines.append("\nΔ score: difference of the mean scores; 95% CI: Welch's t interval of "
+                 "that difference over seeds (`sparse_agents.intervals.diff_ci`; – with one "
+                 "seed on a side).")
     return "\n".join(lines) + "\n"
 
 
@@ -646,6 +696,10 @@ def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: fl
     summary = summarise(rows, list(dict.fromkeys(j["method"] for j in jobs)), reference)
     _write_csv(root / "summary.csv", summary)
     md = markdown(summary, None if args.equal_params else args.sparsity)
+    table = contrasts(rows, jobs, reference)
+    _write_csv(root / "contrasts.csv", table, CONTRAST_FIELDS)
+    if table:
+        md += "\nDifferences of the score:\n\n" + contrast_markdown(table)
     budgets = ", ".join(f"{j['task']} {j['timesteps']} steps" for j in
                         {j["task"]: j for j in jobs}.values())
     counts = {f"{r['task']} {r['method']}": r["seeds"] for r in summary}

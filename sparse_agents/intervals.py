@@ -1,0 +1,29 @@
+"""Confidence intervals of a difference of means over seeds (Student / Welch t)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def diff_ci(xa: np.ndarray, xb: np.ndarray, paired: bool) -> tuple[float, float]:
+    """``mean(xa) - mean(xb)`` and the half-width of its 95% CI: a paired t interval
+    on the per-seed differences, else Welch's (NaN when a side has one value)."""
+    xa, xb = np.asarray(xa, dtype=float), np.asarray(xb, dtype=float)
+    diff = float(xa.mean() - xb.mean())
+    if paired:
+        if len(xa) < 2:
+            return diff, math.nan
+        d = xa - xb
+        se = float(d.std(ddof=1)) / math.sqrt(len(d))
+        return diff, float(stats.t.ppf(0.975, len(d) - 1) * se) if se > 0 else 0.0
+    if len(xa) < 2 or len(xb) < 2:
+        return diff, math.nan
+    va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, 0.0
+    dof = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
+    return diff, float(stats.t.ppf(0.975, dof) * se)
