@@ -107,6 +107,18 @@ def test_bench_rows_are_methods_dense_once_and_score_is_last_tenth(tmp_path):
     assert ref["set"]["vs_dense"] == pytest.approx(-0.5)  # against the base width's dense
 
 
+def test_first_seed_trains_a_share_of_the_sweep_with_the_same_run_folders(tmp_path):
+    parse = bench_rl.build_parser().parse_args
+    whole = bench_rl.make_jobs(parse(["--updaters", "dense", "--seeds", "4"]),
+                               ["dqn:CartPole-v1:1000"], tmp_path)
+    share = bench_rl.make_jobs(parse(["--updaters", "dense", "--seeds", "4", "--first-seed",
+                                      "2"]), ["dqn:CartPole-v1:1000"], tmp_path)
+    assert [j["seed"] for j in share] == [2, 3] and share == whole[2:]
+    with pytest.raises(ValueError, match="--first-seed must be in \\[0, 3\\]"):
+        bench_rl.make_jobs(parse(["--seeds", "4", "--first-seed", "4"]), ["dqn:CartPole-v1:1000"],
+                           tmp_path)
+
+
 def test_score_differences_compare_each_row_to_dense_and_dynamic_updaters_to_static():
     scores = {"dense": [100, 110, 120], "static": [50, 55, 60], "rigl": [90, 100, 110],
               "rigl-uniform": [10, 20, 30]}

@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/rl")
     p.add_argument("--tasks", nargs="+", default=None, help="algo:env:timesteps ...")
     p.add_argument("--updaters", nargs="+", default=list(updaters), choices=updaters)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    p.add_argument("--first-seed", type=int, default=0, metavar="S",
+                   help="train only seeds S .. N-1 (a share of a sweep; --report without "
+                        "it tabulates every finished seed)")
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--distributions", nargs="+", default=["erk"], choices=METHODS,
                    help="layer densities of the sparse runs (rows <updater>-<distribution> "
@@ -296,13 +299,16 @@ def variants(args, algo: str, env: str) -> list[dict]:
 
 def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
     """One job per (task, seed, method), in that order."""
+    if not 0 <= args.first_seed < args.seeds:
+        raise ValueError(f"--first-seed must be in [0, {args.seeds - 1}] (below --seeds "
+                         f"{args.seeds}), got {args.first_seed}")
     jobs = []
     for spec in tasks:
         algo, env, steps = spec.split(":")
         steps = max(1000, int(int(float(steps)) * args.scale))
         task = f"{algo}-{env}"
         rows = variants(args, algo, env)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.seeds):
             for v in rows:
                 jobs.append(dict(task=task, algo=algo, env=env, timesteps=steps, seed=seed,
                                  updater=v["updater"], distribution=v["distribution"],
