@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 
-def diff_ci(xa: np.ndarray, xb: np.ndarray, paired: bool) -> tuple[float, float]:
+def diff_ci(xa: ArrayLike, xb: ArrayLike, paired: bool) -> tuple[float, float]:
     """``mean(xa) - mean(xb)`` and the half-width of its 95% CI: a paired t interval
     on the per-seed differences, else Welch's (NaN when a side has one value)."""
     xa, xb = np.asarray(xa, dtype=float), np.asarray(xb, dtype=float)
