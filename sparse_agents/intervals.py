@@ -28,3 +28,9 @@ def diff_ci(xa: ArrayLike, xb: ArrayLike, paired: bool) -> tuple[float, float]:
         return diff, 0.0
     dof = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
     return diff, float(stats.t.ppf(0.975, dof) * se)
+
+
+def excludes_zero(diff: float, half: float) -> bool:
+    """Whether the CI ``diff`` +- ``half`` of :func:`diff_ci` leaves out zero (never when
+    there is no interval: NaN)."""
+    return bool(math.isfinite(half) and abs(diff) > half)

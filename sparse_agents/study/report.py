@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from sparse_agents.intervals import diff_ci
+from sparse_agents.intervals import diff_ci, excludes_zero
 from sparse_agents.study.store import write_json_atomic
 
 GROUP = ["workload", "distribution", "sparsity", "updater"]
@@ -88,7 +88,7 @@ def compare(df: pd.DataFrame, a: str = "erk", b: str = "uniform",
         diff, half, paired = contrast(ga, gb, metric)
         rows.append({"workload": w, "updater": u, "sparsity": s, f"{a}_mean": xa.mean(),
                      f"{b}_mean": xb.mean(), "diff": diff, "ci95": half,
-                     "significant": bool(np.isfinite(half) and abs(diff) > half),
+                     "significant": excludes_zero(diff, half),
                      "test": "paired" if paired else "welch",
                      "n_a": len(xa), "n_b": len(xb)})
     return pd.DataFrame(rows)
@@ -110,7 +110,7 @@ def best_updater(df: pd.DataFrame, metric: str = "metric") -> pd.DataFrame:
         rows.append({"workload": w, "distribution": d, "sparsity": s, "best": first,
                      "best_mean": means.iloc[0], "runner_up": second,
                      "runner_up_mean": means.iloc[1], "lead": lead, "ci95": half,
-                     "significant": bool(np.isfinite(half) and lead > half),
+                     "significant": excludes_zero(lead, half),  # lead >= 0: best minus runner-up
                      "test": "paired" if paired else "welch"})
     return pd.DataFrame(rows)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sparse_agents.distributions import METHODS
 from sparse_agents.experiments.hyperparams import SOURCES
-from sparse_agents.intervals import diff_ci
+from sparse_agents.intervals import diff_ci, excludes_zero
 from sparse_agents.timing import sample_interleaved, time_interleaved
 from sparse_agents.updaters import DENSE, REGISTRY, updater_names
 
@@ -580,7 +580,7 @@ def contrasts(rows: list[dict], jobs: list[dict], reference: str = DENSE) -> lis
                 out.append({"task": task, "method": method, "baseline": base,
                             "seeds": f"{len(scores[method])}/{len(scores[base])}",
                             "diff": diff, "ci95": half,
-                            "excludes_zero": bool(math.isfinite(half) and abs(diff) > half)})
+                            "excludes_zero": excludes_zero(diff, half)})
     return out
 
 
