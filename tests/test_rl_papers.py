@@ -64,6 +64,57 @@ def test_graesser_l2_is_the_sparse_configs_in_sparse_runs_and_the_dense_configs_
         {"delta_t", "sparse_init", "sparse_runs"})
 
 
+SHIPPED_KEYS = ("delta_t", "drop_fraction", "t_end_fraction", "schedule", "sparse_init",
+                "dense_input")
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_sparse_settings_defaults_give_a_sparse_run_the_dense_config_and_the_shipped_defaults(
+        algo):
+    from sparse_agents.sb3 import defaults_for
+
+    def decays(model):
+        policy = model.policy
+        opts = [policy.actor.optimizer, policy.critic.optimizer] if algo == "sac" else [
+            policy.optimizer]
+        return [g["weight_decay"] for opt in opts for g in opt.param_groups]
+
+    paper, _ = make_agent(algo, "HalfCheetah-v5", "srigl", hyperparams="graesser")
+    shipped, _ = make_agent(algo, "HalfCheetah-v5", "srigl", hyperparams="graesser",
+                            sparse_settings="defaults")
+    dense, _ = make_agent(algo, "HalfCheetah-v5", "dense", hyperparams="graesser")
+    family = defaults_for(type(shipped.policy))
+    assert decays(shipped) == decays(dense) != decays(paper)  # the dense config's L2
+    assert [shipped.policy.sparse_options[k] for k in SHIPPED_KEYS] == [
+        family[k] for k in SHIPPED_KEYS]
+    assert [paper.policy.sparse_options[k] for k in SHIPPED_KEYS] != [
+        family[k] for k in SHIPPED_KEYS]
+    assert shipped.policy.net_arch == paper.policy.net_arch  # the task's network stays
+    with pytest.raises(ValueError, match="sparse_settings must be one of"):
+        make_agent(algo, "HalfCheetah-v5", "srigl", hyperparams="graesser",
+                   sparse_settings="paper")
+
+
+def test_bench_sparse_settings_reach_the_sparse_runs_and_resume_checks_them(tmp_path):
+    argv = ["--hyperparams", "graesser", "--tasks", "dqn:CartPole-v1:1000", "--updaters",
+            "dense", "rigl", "--seeds", "1", "--workers", "1", "--evals", "2",
+            "--eval-episodes", "1", "--hp", "net_arch=[8,8]", "--hp", "learning_starts=100",
+            "--out", str(tmp_path), "--resume", "--sparse-settings", "defaults"]
+    args = bench_rl.build_parser().parse_args(argv)
+    argvs = {j["method"]: bench_rl.job_argv(j) for j in bench_rl.make_jobs(
+        args, args.tasks, tmp_path)}
+    assert "--sparse-settings" not in argvs["dense"]  # dense runs are shared by both kinds
+    assert argvs["rigl"][-2:] == ["--sparse-settings", "defaults"]
+    assert bench_rl.main(argv) == 0
+    run = tmp_path / "runs" / "dqn-CartPole-v1-rigl-s0"
+    options = json.loads((run / "config.json").read_text())["sparse_options"]
+    assert (options["delta_t"], options["t_end_fraction"]) == ("1000", "0.8")  # not 0.75
+    assert "`--sparse-settings defaults`" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ValueError, match="dqn-CartPole-v1-rigl-s0"):
+        bench_rl.main(argv[:-2])  # the paper's sparse config: refused, not mixed in
+    assert bench_rl.main(argv) == 0
+
+
 def test_dense_agent_drops_the_tables_sparse_schedule_but_overrides_still_fail():
     model, _ = make_agent("dqn", "CartPole-v1", "dense", hyperparams="graesser")
     assert model.policy.net_arch == [512, 512] and not hasattr(model.policy, "sparse_options")

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from sparse_agents.distributions import METHODS
-from sparse_agents.experiments.hyperparams import SOURCES, hyperparameters
+from sparse_agents.experiments.hyperparams import SOURCES, SPARSE_SETTINGS, hyperparameters
+from sparse_agents.experiments.results import write_atomic
 from sparse_agents.experiments.rl import (
     ALGOS,
     DEFAULT_ENV,
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "configuration with its sparse schedule (graesser: Graesser et al. "
                         "2022; dqn CartPole-v1, ppo and sac HalfCheetah-v5; minatar: Young "
                         "& Tian 2019's DQN on MinAtar/<Game>-v1)")
+    p.add_argument("--sparse-settings", choices=SPARSE_SETTINGS, default="table",
+                   help="a sparse run's schedule, init and sparse-only values: the table's "
+                        "(table: a paper's sparse config) or the sparse policy's shipped "
+                        "defaults over the table's dense configuration (defaults: what a "
+                        "user who changes only the policy class gets)")
     p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter, e.g. --hp n_steps=64 --hp "
                    "net_arch=[64,64]")
@@ -113,7 +119,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def recorded_hyperparams(algo: str, env_id: str, table: str, overrides: dict[str, Any],
                          sparse: bool = True) -> dict[str, str]:
     """The hyperparameters a run records in ``config.json``: the table's for the task and
-    the run's kind (``sparse``) with the ``--hp`` overrides, as ``repr`` strings."""
+    the run's kind (``sparse``: the table's sparse config; ``False`` for a dense run and for
+    ``--sparse-settings defaults``) with the ``--hp`` overrides, as ``repr`` strings."""
     return {k: repr(v) for k, v in {**hyperparameters(algo, env_id, table, sparse),
                                     **overrides}.items()}
 
@@ -143,6 +150,12 @@ def env_of(args: argparse.Namespace) -> str:
     return args.env or DEFAULT_ENV[args.algo]
 
 
+def table_sparse(args: argparse.Namespace) -> bool:
+    """Whether the run takes its table's sparse config (a sparse run with
+    ``--sparse-settings table``)."""
+    return args.updater != DENSE and args.sparse_settings == "table"
+
+
 def build_agent(args: argparse.Namespace):
     """``(model, eval_env)`` of the run ``args`` describe (nothing trained or written)."""
     sparse_options: dict[str, Any] = {"condensed_rollout": args.condensed_rollout}
@@ -152,7 +165,7 @@ def build_agent(args: argparse.Namespace):
     return make_agent(args.algo, env_of(args), args.updater,
                       args.sparsity, args.distribution, args.seed, parse_overrides(args.hp),
                       sparse_options, args.n_envs, args.device, args.verbose,
-                      args.fused_adam, args.hyperparams, args.timesteps)
+                      args.fused_adam, args.hyperparams, args.timesteps, args.sparse_settings)
 
 
 def options_in_effect(model) -> dict[str, str] | None:
@@ -195,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     callback = evaluation_callback(eval_env, every, args.eval_episodes, rows,
                                    out / "evaluations.csv", echo)
     config = dict(vars(args), env=env_id, out=str(out), hyperparams=recorded_hyperparams(
-        args.algo, env_id, args.hyperparams, overrides, args.updater != DENSE))
+        args.algo, env_id, args.hyperparams, overrides, table_sparse(args)))
     options = options_in_effect(model)
     if options is not None:
         config["sparse_options"] = options
@@ -224,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "itop": metrics.get("itop", math.nan), "optimizer": optimizer_label(model.policy),
         "nonzero_params": nonzero_params(model.policy),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))  # marks the run done
     print(f"done in {wall:.1f}s ({wall - callback.seconds:.1f}s training): final return "
           f"{summary['final_mean']:.1f} +- "
           f"{summary['final_std']:.1f}, density {summary['density']:.3f}, "

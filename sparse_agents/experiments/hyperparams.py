@@ -22,6 +22,10 @@ from sparse_agents.sb3.mixin import SPARSE_DEFAULTS
 #: a table entry's key for the values only its sparse runs take (a paper whose sparse
 #: configuration overrides its dense one)
 SPARSE_RUNS = "sparse_runs"
+#: what a sparse run takes from a table: ``"table"`` its sparse schedule and ``SPARSE_RUNS``
+#: values (a paper's sparse config), ``"defaults"`` its dense configuration and the sparse
+#: policy's shipped defaults (a user who changes only the policy class)
+SPARSE_SETTINGS = ("table", "defaults")
 
 #: (algorithm, environment id) -> zoo hyperparameters
 HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {

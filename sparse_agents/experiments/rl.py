@@ -29,6 +29,7 @@ from sparse_agents.distributions import check_sparsity
 from sparse_agents.experiments.hyperparams import (
     HYPERPARAMS,
     POLICY_KEYS,
+    SPARSE_SETTINGS,
     hyperparameters,
     resolve_schedules,
 )
@@ -109,11 +110,18 @@ def _exploration_fraction(steps: Any, timesteps: int | None) -> float:
 
 def _split_hyperparameters(algo: str, env_id: str, overrides: dict | None, updater: str,
                            fused_adam: bool, source: str = "zoo", timesteps: int | None = None,
+                           sparse_settings: str = "table",
                            ) -> tuple[dict, dict, dict, bool, int | None]:
     """``source``'s values plus ``overrides``, split into algorithm keywords, policy
     keywords and sparse options; also ``normalize`` and the table's ``n_envs``. A table's
-    sparse schedule is dropped for a dense agent; one given in ``overrides`` is an error."""
-    hp = hyperparameters(algo, env_id, source, sparse=updater != DENSE)
+    sparse schedule is dropped for a dense agent, and for a sparse one when
+    ``sparse_settings="defaults"``; one given in ``overrides`` is an error for a dense
+    agent."""
+    if sparse_settings not in SPARSE_SETTINGS:
+        raise ValueError(f"sparse_settings must be one of {SPARSE_SETTINGS}, got "
+                         f"{sparse_settings!r}")
+    hp = hyperparameters(algo, env_id, source,
+                         sparse=updater != DENSE and sparse_settings == "table")
     hp.update(overrides or {})
     if "exploration_steps" in hp:
         hp["exploration_fraction"] = _exploration_fraction(hp.pop("exploration_steps"),
@@ -176,10 +184,15 @@ def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float =
                distribution: str = "erk", seed: int = 0, overrides: dict | None = None,
                sparse_options: dict | None = None, n_envs: int | None = None,
                device: str = "cpu", verbose: int = 0, fused_adam: bool = False,
-               hyperparams: str = "zoo", timesteps: int | None = None):
+               hyperparams: str = "zoo", timesteps: int | None = None,
+               sparse_settings: str = "table"):
     """Build ``(model, eval_env)``: the agent with the hyperparameters of table
     ``hyperparams`` (``"zoo"`` or a paper's, e.g. ``"graesser"``, ``"minatar"``;
-    ``overrides`` win), sparse unless ``updater == "dense"``. ``fused_adam``:
+    ``overrides`` win), sparse unless ``updater == "dense"``. ``sparse_settings``:
+    ``"table"`` gives a sparse agent the table's sparse schedule and sparse-only values
+    (a paper's sparse config), ``"defaults"`` the table's dense configuration and the
+    sparse policy's shipped defaults (what a user who changes only the policy class
+    gets). ``fused_adam``:
     Adam(fused=True) for the Adam-trained algorithms (PPO keeps SB3's eps=1e-5; A2C's
     RMSprop is kept). ``timesteps``: the run's budget, needed by a table that anneals
     exploration over a number of steps. MinAtar and ALE ids are registered; Atari games
@@ -188,7 +201,7 @@ def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float =
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
     get_updater(updater, dense=True)
     hp, policy_kwargs, sparse_hp, normalize, table_envs = _split_hyperparameters(
-        algo, env_id, overrides, updater, fused_adam, hyperparams, timesteps)
+        algo, env_id, overrides, updater, fused_adam, hyperparams, timesteps, sparse_settings)
     env, eval_env = _envs(env_id, n_envs or int(table_envs or 1), seed, normalize,
                           hp.get("gamma", 0.99), hp.pop("reward_scale", None))
     noise = _action_noise(hp.pop("action_noise", None), env)

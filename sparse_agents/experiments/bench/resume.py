@@ -15,6 +15,7 @@ from sparse_agents.cli.train_agent import (
     options_in_effect,
     parse_overrides,
     recorded_hyperparams,
+    table_sparse,
 )
 from sparse_agents.updaters import DENSE
 
@@ -43,7 +44,7 @@ def settings_differ(out: Path, argv: list[str], keys: Sequence[str]) -> list[str
         diffs.append(f"hyperparams: {name!r} != {args.hyperparams!r}")
     sparse = args.updater != DENSE
     diffs += _differ(stored.get("hyperparams") or {}, recorded_hyperparams(
-        args.algo, args.env, args.hyperparams, parse_overrides(args.hp), sparse))
+        args.algo, args.env, args.hyperparams, parse_overrides(args.hp), table_sparse(args)))
     if sparse and stored.get("sparse_options"):
         model, eval_env = build_agent(args)
         diffs += _differ(stored["sparse_options"], options_in_effect(model) or {})

@@ -18,7 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from sparse_agents.distributions import METHODS
-from sparse_agents.experiments.hyperparams import SOURCES
+from sparse_agents.experiments.hyperparams import SOURCES, SPARSE_SETTINGS
+from sparse_agents.experiments.results import write_atomic
 from sparse_agents.intervals import diff_ci, excludes_zero
 from sparse_agents.timing import sample_interleaved, time_interleaved
 from sparse_agents.updaters import DENSE, REGISTRY, updater_names
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "for all but erk)")
     p.add_argument("--hyperparams", choices=tuple(SOURCES), default="zoo",
                    help="hyperparameter table of every run (see sparse-train --help)")
+    p.add_argument("--sparse-settings", choices=SPARSE_SETTINGS, default="table",
+                   help="the sparse runs' schedule, init and sparse-only values: the "
+                        "table's (a paper's sparse config) or the sparse policies' shipped "
+                        "defaults over the table's dense configuration (defaults: the "
+                        "issue's 'shipped defaults' measurement)")
     p.add_argument("--equal-params", type=int, default=None, metavar="W",
                    help="equal parameter count: dense at hidden width W, 2W, 4W, each "
                         "sparse method at 2W and 4W with dense W's nonzero weights "
@@ -130,9 +136,10 @@ def run_one(job: dict) -> dict:
     done = out / "summary.json"
     if job.get("resume") and done.exists():
         summary = json.loads(done.read_text())
+        summary["task"], summary["method"] = job["task"], job["method"]
         if "flops_forward" not in summary and (out / "model.zip").exists():
             summary.update(saved_flops(out / "model.zip", job["algo"]))  # older runs
-            done.write_text(json.dumps(summary, indent=2))
+            write_atomic(done, json.dumps(summary, indent=2))
         return summary
     argv = job_argv(job)
     args = train_parser().parse_args(argv)
@@ -140,7 +147,7 @@ def run_one(job: dict) -> dict:
         summary = run(args)
     summary["task"], summary["method"] = job["task"], job["method"]
     summary.update(saved_flops(out / "model.zip", job["algo"]))
-    done.write_text(json.dumps(summary, indent=2))
+    write_atomic(done, json.dumps(summary, indent=2))
     return summary
 
 
@@ -156,12 +163,14 @@ def job_argv(job: dict) -> list[str]:
         argv += ["--hp", hp]
     if job.get("fused_adam"):
         argv.append("--fused-adam")
+    if job["updater"] != DENSE and job.get("sparse_settings", "table") != "table":
+        argv += ["--sparse-settings", job["sparse_settings"]]
     return argv
 
 
 RESUME_KEYS = ("algo", "env", "updater", "timesteps", "seed", "eval_freq", "eval_episodes",
                "fused_adam")
-SPARSE_RESUME_KEYS = ("sparsity", "distribution")  # a dense run ignores them
+SPARSE_RESUME_KEYS = ("sparsity", "distribution", "sparse_settings")  # a dense run ignores them
 
 
 def stored_settings_differ(job: dict) -> list[str]:
@@ -320,6 +329,7 @@ def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
                                  resume=args.resume,
                                  masked_total=v.get("masked_total"),
                                  fused_adam=args.fused_adam,
+                                 sparse_settings=args.sparse_settings,
                                  out=str(root / "runs" / run_dir(task, v["method"], seed))))
     return jobs
 
@@ -714,6 +724,9 @@ def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: fl
     md += (f"\nBudgets: {budgets}; {seeds}; {args.workers} workers; "
            f"{optimizer_note(rows)}; "
            f"hyperparameters: {args.hyperparams}"
+           + ("" if args.sparse_settings == "table" else
+              "; sparse runs: the sparse policies' shipped defaults over the table's dense "
+              "configuration (`--sparse-settings defaults`)")
            + ("" if args.report else f"; total wall {time.perf_counter() - start:.0f} s")
            + ".\n")
     (root / "summary.md").write_text(md)
