@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from sparse_agents.cli.train_agent import parse_overrides
 from sparse_agents.experiments.bench import rl as bench_rl
 from sparse_agents.experiments.hyperparams import GRAESSER, hyperparameters
 from sparse_agents.experiments.rl import last_fraction_score, make_agent
@@ -461,6 +462,31 @@ def test_sparse_hp_reaches_the_sparse_runs_only(tmp_path):
     jobs = {j["method"]: j["hp"] for j in bench_rl.make_jobs(args, args.tasks, tmp_path)}
     assert jobs == {"dense": ["learning_rate=0.001"],
                     "rigl": ["learning_rate=0.001", "sparse_init=None"]}
+
+
+def test_variants_add_a_row_per_dynamic_updater_compared_with_dense_and_static(tmp_path):
+    args = bench_rl.build_parser().parse_args(
+        ["--tasks", "ppo:CartPole-v1:1000", "--updaters", "dense", "static", "srigl",
+         "--seeds", "2", "--sparse-hp", "delta_t=500",
+         "--variant", "dt250", "delta_t=250", "drop_fraction=0.3"])
+    jobs = bench_rl.make_jobs(args, args.tasks, tmp_path)
+    hp = {j["method"]: j["hp"] for j in jobs}
+    assert hp == {"dense": [], "static": ["delta_t=500"], "srigl": ["delta_t=500"],
+                  "srigl-dt250": ["delta_t=500", "delta_t=250", "drop_fraction=0.3"]}
+    assert parse_overrides(hp["srigl-dt250"])["delta_t"] == 250  # the variant wins
+    scores = {"dense": [5, 6], "static": [1, 2], "srigl": [3, 4], "srigl-dt250": [9, 11]}
+    rows = [dict(task=jobs[0]["task"], method=m, seed=i, last10_mean=float(v))
+            for m, vs in scores.items() for i, v in enumerate(vs)]
+    pairs = {(c["method"], c["baseline"]): c["diff"] for c in bench_rl.contrasts(rows, jobs)}
+    assert pairs == pytest.approx({("static", "dense"): -4.0, ("srigl", "dense"): -2.0,
+                                   ("srigl", "static"): 2.0, ("srigl-dt250", "dense"): 4.5,
+                                   ("srigl-dt250", "static"): 8.5})
+    for bad in [["--variant", "x"], ["--variant", "a=1", "delta_t=2"],
+                ["--variant", "x", "delta_t=1", "--variant", "x", "delta_t=2"],
+                ["--variant", "x", "delta_t=1", "--equal-params", "8"]]:
+        with pytest.raises(ValueError, match="--variant"):
+            bench_rl.make_jobs(bench_rl.build_parser().parse_args(bad), ["ppo:CartPole-v1:1"],
+                               tmp_path)
 
 
 def test_summary_legend_states_the_equal_params_sparsity_not_the_sweep_default():

@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-hp", action="append", default=[], metavar="KEY=VALUE",
                    help="KEY=VALUE for the sparse runs only (e.g. sparse_init=None: the "
                         "Graesser runs from before sparse_init)")
+    p.add_argument("--variant", action="append", nargs="+", default=[],
+                   metavar="NAME KEY=VALUE",
+                   help="a row per dynamic updater with these options on top of the "
+                        "sweep's (row <updater>-NAME; repeatable), e.g. --variant dt250 "
+                        "delta_t=250 drop_fraction=0.3: a schedule sweep in one report, "
+                        "each row against dense and against static")
     p.add_argument("--fused-adam", action="store_true",
                    help="Adam(fused=True) in every run (dense included)")
     p.add_argument("--quick", action="store_true", help="1 seed, 5%% budgets (smoke run)")
@@ -298,12 +304,38 @@ def equal_param_variants(args, algo: str, env: str) -> list[dict]:
     return out
 
 
+def option_variants(specs: list[list[str]]) -> dict[str, list[str]]:
+    """``--variant NAME KEY=VALUE ...`` as ``{NAME: [KEY=VALUE, ...]}`` (checked)."""
+    out: dict[str, list[str]] = {}
+    for name, *options in specs:
+        if not options or any("=" not in o for o in options):
+            raise ValueError(f"--variant expects NAME KEY=VALUE [KEY=VALUE ...], got "
+                             f"{' '.join([name, *options])!r}")
+        if "=" in name or "/" in name or name in out:
+            raise ValueError(f"--variant NAME must be unique and hold no '=' or '/', got "
+                             f"{name!r}")
+        out[name] = options
+    return out
+
+
 def variants(args, algo: str, env: str) -> list[dict]:
-    """The rows of one task: (updater, distribution, sparsity, extra --hp, method name)."""
+    """The rows of one task: (updater, distribution, sparsity, extra --hp, method name,
+    variant name); each ``--variant`` adds a row per dynamic updater."""
     if args.equal_params:
+        if args.variant:
+            raise ValueError("--variant does not combine with --equal-params (whose rows "
+                             "are widths)")
         return equal_param_variants(args, algo, env)
-    return [dict(updater=u, distribution=d, sparsity=args.sparsity, extra_hp=[],
-                 method=method_name(u, d)) for u, d in methods(args)]
+    extra = option_variants(args.variant)
+    rows = []
+    for u, d in methods(args):
+        row = dict(updater=u, distribution=d, sparsity=args.sparsity, extra_hp=[],
+                   method=method_name(u, d), variant="")
+        rows.append(row)
+        if u != DENSE and REGISTRY[u].dynamic:  # static has no schedule to vary
+            rows += [dict(row, extra_hp=options, method=f"{row['method']}-{name}",
+                          variant=name) for name, options in extra.items()]
+    return rows
 
 
 def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
@@ -324,8 +356,10 @@ def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
                                  method=v["method"], sparsity=v["sparsity"],
                                  hyperparams=args.hyperparams,
                                  evals=args.evals, eval_episodes=args.eval_episodes,
-                                 hp=[*args.hp, *v["extra_hp"],
-                                     *(args.sparse_hp if v["updater"] != DENSE else [])],
+                                 hp=[*args.hp,
+                                     *(args.sparse_hp if v["updater"] != DENSE else []),
+                                     *v["extra_hp"]],
+                                 variant=v.get("variant", ""),
                                  resume=args.resume,
                                  masked_total=v.get("masked_total"),
                                  fused_adam=args.fused_adam,
@@ -495,7 +529,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def score(run: dict) -> float:
     """A run's score: the mean of its last 10% of evaluations (older runs: the final)."""
-    return run.get("last10_mean", run["final_mean"])
+    return run["last10_mean"] if "last10_mean" in run else run["final_mean"]
 
 
 def summarise(rows: list[dict], names: list[str], reference: str = DENSE) -> list[dict]:
@@ -567,11 +601,13 @@ def markdown(summary: list[dict], sparsity: float | None) -> str:
 
 def contrasts(rows: list[dict], jobs: list[dict], reference: str = DENSE) -> list[dict]:
     """Per task: every method's score minus ``reference``'s, and every dynamic updater's
-    minus the fixed-mask one's (static) at the same distribution and sparsity, with the
+    minus the fixed-mask one's (static) at the same distribution and sparsity (and
+    ``--variant``, when static has that variant), with the
     half-width of the difference's 95% CI (Welch's t over seeds: runs of one seed share
     only the environment seeds, so the samples are not paired)."""
-    kinds = {j["method"]: (j["updater"], j["distribution"], j["sparsity"]) for j in jobs}
-    fixed = {(d, s): m for m, (u, d, s) in kinds.items()
+    kinds = {j["method"]: (j["updater"], (j["distribution"], j["sparsity"],
+                                          j.get("variant", ""))) for j in jobs}
+    fixed = {kind: m for m, (u, kind) in kinds.items()
              if u != DENSE and not REGISTRY[u].dynamic}
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -579,10 +615,11 @@ def contrasts(rows: list[dict], jobs: list[dict], reference: str = DENSE) -> lis
         for r in rows:
             if r["task"] == task:
                 scores.setdefault(r["method"], []).append(score(r))
-        for method, (updater, distribution, sparsity) in kinds.items():
+        for method, (updater, kind) in kinds.items():
             baselines = [reference]
             if updater != DENSE and REGISTRY[updater].dynamic:
-                baselines.append(fixed.get((distribution, sparsity)))
+                distribution, sparsity, _ = kind  # a variant's static: its own, else the plain one
+                baselines.append(fixed.get(kind, fixed.get((distribution, sparsity, ""))))
             for base in baselines:
                 if base is None or base == method or not {method, base} <= scores.keys():
                     continue
