@@ -496,3 +496,20 @@ def test_summary_legend_states_the_equal_params_sparsity_not_the_sweep_default()
     assert "Sparse rows at 90% sparsity" in bench_rl.markdown([row], 0.9)
     legend = bench_rl.markdown([row], None)
     assert "90%" not in legend and "nonzero weights of dense at the base width" in legend
+
+
+def test_finished_runs_under_results_are_tracked_by_git_and_models_are_not():
+    # a later session resumes a sweep from the committed summary.json/config.json/curve
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    run = "results/rl_x/runs/ppo-HalfCheetah-v5-srigl-s0/"
+    kept = [run + f for f in ("summary.json", "config.json", "evaluations.csv")]
+    dropped = [run + f for f in ("model.zip", "vecnormalize.pkl", ".summary.json.x.tmp")]
+    dropped.append("results/rl_x/curves.png")
+    out = subprocess.run(["git", "check-ignore", "--no-index", *kept, *dropped], cwd=root,
+                         capture_output=True, text=True).stdout.split()
+    assert out == dropped
