@@ -196,10 +196,12 @@ def constant_fan_in_counts(shapes: Iterable[Sequence[int]], counts: Sequence[int
     not the floor's 1); then, while the total is off, the one-row step that brings it
     closer is taken in the layer it moves least from its own count (relative to that
     count). The total ends within half a row of the target. Layers in ``fixed`` (e.g.
-    dense ones) keep their count.
+    dense ones) and layers the distribution left at full density (ERK's cap: a small head
+    such as PPO's 64->1 value layer) keep their count: rounding never thins a dense layer.
     """
     shapes = [tuple(int(x) for x in s) for s in shapes]
-    fixed = set(fixed)
+    fixed = set(fixed) | {i for i, (s, c) in enumerate(zip(shapes, counts, strict=True))
+                          if c >= _numel(s)}
     rows = [s[0] for s in shapes]
     fan = [_numel(s) // s[0] for s in shapes]
     k = [0 if i in fixed else min(fan[i], max(1, math.floor(c / rows[i] + 0.5)))

@@ -513,3 +513,14 @@ def test_finished_runs_under_results_are_tracked_by_git_and_models_are_not():
     out = subprocess.run(["git", "check-ignore", "--no-index", *kept, *dropped], cwd=root,
                          capture_output=True, text=True).stdout.split()
     assert out == dropped
+
+
+def test_srigl_keeps_the_value_head_dense_as_erk_does_on_graessers_ppo_halfcheetah():
+    # ERK gives the 64->1 value head density 1; constant fan-in rounding must not thin it
+    rigl, _ = make_agent("ppo", "HalfCheetah-v5", "rigl", hyperparams="graesser")
+    srigl, _ = make_agent("ppo", "HalfCheetah-v5", "srigl", hyperparams="graesser")
+    assert bool(rigl.policy.topology.masks["value_net.weight"].all())
+    masks = srigl.policy.topology.masks
+    assert bool(masks["value_net.weight"].all())
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert abs(kept - sum(int(m.sum()) for m in rigl.policy.topology.masks.values())) <= 3
