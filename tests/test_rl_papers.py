@@ -235,6 +235,12 @@ def test_resume_refuses_finished_runs_made_with_other_settings(tmp_path):
         **config["sparse_options"], "drop_fraction": "0.3"}}))  # another default then
     with pytest.raises(ValueError, match="drop_fraction: 0.3 != 0.5"):
         bench_rl.main(argv)
+    kept = config["initial_kept"]  # the weights the library allocated to each layer
+    assert sum(kept.values()) == pytest.approx(0.1 * (4 * 8 + 8 * 8 + 8 * 2), abs=2)
+    layer = next(iter(kept))
+    path.write_text(json.dumps({**config, "initial_kept": {**kept, layer: kept[layer] + 1}}))
+    with pytest.raises(ValueError, match=f"initial kept weights of {layer}"):
+        bench_rl.main(argv)  # an allocation changed since: refused, not mixed in
 
 
 def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width():

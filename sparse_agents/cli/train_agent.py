@@ -175,6 +175,17 @@ def options_in_effect(model) -> dict[str, str] | None:
     return None if options is None else {k: repr(v) for k, v in options.items()}
 
 
+def initial_kept(model) -> dict[str, int] | None:
+    """A freshly built sparse policy's kept weights per masked parameter (what
+    ``config.json`` records as ``initial_kept``, so that a change in how the library
+    allocates them shows when a sweep resumes); ``None`` for a dense policy."""
+    topologies = getattr(model.policy, "topologies", None)
+    if not topologies:
+        return None
+    return {f"{key}/{name}": int(mask.sum()) for key, topo in topologies.items()
+            for name, mask in topo.masks.items()}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate, save; returns the summary."""
     import torch
@@ -212,6 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     options = options_in_effect(model)
     if options is not None:
         config["sparse_options"] = options
+        config["initial_kept"] = initial_kept(model)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     print(f"training {label} for {args.timesteps} timesteps -> {out}", flush=True)
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from sparse_agents.cli.train_agent import (
     build_agent,
     build_parser,
     env_of,
+    initial_kept,
     options_in_effect,
     parse_overrides,
     recorded_hyperparams,
@@ -29,8 +30,9 @@ def settings_differ(out: Path, argv: list[str], keys: Sequence[str]) -> list[str
     """The settings (``key: stored != wanted``) in which the finished run in ``out`` differs
     from ``sparse-train argv``: the arguments ``keys``, the hyperparameter table's name,
     every hyperparameter both record and, for a sparse run, the sparse options in effect
-    (defaults included: a changed library default shows). A setting the run did not record
-    is not checked. Empty when ``out`` holds no finished run or it matches."""
+    (defaults included: a changed library default shows) and its initial kept weights per
+    layer (a change in how the library allocates them shows). A setting the run did not
+    record is not checked. Empty when ``out`` holds no finished run or it matches."""
     if not (out / "summary.json").exists() or not (out / "config.json").exists():
         return []
     stored = json.loads((out / "config.json").read_text())
@@ -48,6 +50,9 @@ def settings_differ(out: Path, argv: list[str], keys: Sequence[str]) -> list[str
     if sparse and stored.get("sparse_options"):
         model, eval_env = build_agent(args)
         diffs += _differ(stored["sparse_options"], options_in_effect(model) or {})
+        kept = initial_kept(model) or {}
+        diffs += [f"initial kept weights of {d}" for d in _differ(
+            stored.get("initial_kept") or {}, kept)]
         model.get_env().close()
         eval_env.close()
     return diffs
