@@ -46,17 +46,19 @@ def test_graesser_ppo_halfcheetah_updates_every_250_training_steps():
     assert opts["t_end_fraction"] == pytest.approx(0.767, abs=1e-3)
 
 
+def decays(model) -> list[float]:
+    """Adam's weight decay in every parameter group (SAC: actor and critic optimizers)."""
+    policy = model.policy
+    opts = [policy.actor.optimizer, policy.critic.optimizer] if hasattr(policy, "actor") else [
+        policy.optimizer]
+    return [g["weight_decay"] for opt in opts for g in opt.param_groups]
+
+
 @pytest.mark.parametrize("algo, dense_l2, sparse_l2", [("ppo", 1e-6, 1e-4), ("sac", 1e-4, 1e-6)])
 def test_graesser_l2_is_the_sparse_configs_in_sparse_runs_and_the_dense_configs_in_dense(
         algo, dense_l2, sparse_l2):
     # ppo/sac_mujoco_{dense,sparse}_config.gin: train_eval.weight_decay; an L2 loss c*|w|^2
     # is Adam's weight_decay 2c
-    def decays(model):
-        policy = model.policy
-        opts = [policy.actor.optimizer, policy.critic.optimizer] if algo == "sac" else [
-            policy.optimizer]
-        return [g["weight_decay"] for opt in opts for g in opt.param_groups]
-
     dense, _ = make_agent(algo, "HalfCheetah-v5", "dense", hyperparams="graesser")
     sparse, _ = make_agent(algo, "HalfCheetah-v5", "rigl", 0.9, hyperparams="graesser")
     assert decays(dense) == pytest.approx([2 * dense_l2] * len(decays(dense)))
@@ -73,12 +75,6 @@ SHIPPED_KEYS = ("delta_t", "drop_fraction", "t_end_fraction", "schedule", "spars
 def test_sparse_settings_defaults_give_a_sparse_run_the_dense_config_and_the_shipped_defaults(
         algo):
     from sparse_agents.sb3 import defaults_for
-
-    def decays(model):
-        policy = model.policy
-        opts = [policy.actor.optimizer, policy.critic.optimizer] if algo == "sac" else [
-            policy.optimizer]
-        return [g["weight_decay"] for opt in opts for g in opt.param_groups]
 
     paper, _ = make_agent(algo, "HalfCheetah-v5", "srigl", hyperparams="graesser")
     shipped, _ = make_agent(algo, "HalfCheetah-v5", "srigl", hyperparams="graesser",
