@@ -319,8 +319,8 @@ def option_variants(specs: list[list[str]]) -> dict[str, list[str]]:
 
 
 def variants(args, algo: str, env: str) -> list[dict]:
-    """The rows of one task: (updater, distribution, sparsity, extra --hp, method name,
-    variant name); each ``--variant`` adds a row per dynamic updater."""
+    """The rows of one task: (updater, distribution, sparsity, extra --hp, method name);
+    each ``--variant`` adds a row per dynamic updater."""
     if args.equal_params:
         if args.variant:
             raise ValueError("--variant does not combine with --equal-params (whose rows "
@@ -330,11 +330,11 @@ def variants(args, algo: str, env: str) -> list[dict]:
     rows = []
     for u, d in methods(args):
         row = dict(updater=u, distribution=d, sparsity=args.sparsity, extra_hp=[],
-                   method=method_name(u, d), variant="")
+                   method=method_name(u, d))
         rows.append(row)
         if u != DENSE and REGISTRY[u].dynamic:  # static has no schedule to vary
-            rows += [dict(row, extra_hp=options, method=f"{row['method']}-{name}",
-                          variant=name) for name, options in extra.items()]
+            rows += [dict(row, extra_hp=options, method=f"{row['method']}-{name}")
+                     for name, options in extra.items()]
     return rows
 
 
@@ -359,7 +359,6 @@ def make_jobs(args, tasks: list[str], root: Path) -> list[dict]:
                                  hp=[*args.hp,
                                      *(args.sparse_hp if v["updater"] != DENSE else []),
                                      *v["extra_hp"]],
-                                 variant=v.get("variant", ""),
                                  resume=args.resume,
                                  masked_total=v.get("masked_total"),
                                  fused_adam=args.fused_adam,
@@ -601,13 +600,12 @@ def markdown(summary: list[dict], sparsity: float | None) -> str:
 
 def contrasts(rows: list[dict], jobs: list[dict], reference: str = DENSE) -> list[dict]:
     """Per task: every method's score minus ``reference``'s, and every dynamic updater's
-    minus the fixed-mask one's (static) at the same distribution and sparsity (and
-    ``--variant``, when static has that variant), with the
+    minus the fixed-mask one's (static) at the same distribution and sparsity (a
+    ``--variant`` row too: static has no variants), with the
     half-width of the difference's 95% CI (Welch's t over seeds: runs of one seed share
     only the environment seeds, so the samples are not paired)."""
-    kinds = {j["method"]: (j["updater"], (j["distribution"], j["sparsity"],
-                                          j.get("variant", ""))) for j in jobs}
-    fixed = {kind: m for m, (u, kind) in kinds.items()
+    kinds = {j["method"]: (j["updater"], j["distribution"], j["sparsity"]) for j in jobs}
+    fixed = {(d, s): m for m, (u, d, s) in kinds.items()
              if u != DENSE and not REGISTRY[u].dynamic}
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -615,11 +613,10 @@ def contrasts(rows: list[dict], jobs: list[dict], reference: str = DENSE) -> lis
         for r in rows:
             if r["task"] == task:
                 scores.setdefault(r["method"], []).append(score(r))
-        for method, (updater, kind) in kinds.items():
+        for method, (updater, distribution, sparsity) in kinds.items():
             baselines = [reference]
             if updater != DENSE and REGISTRY[updater].dynamic:
-                distribution, sparsity, _ = kind  # a variant's static: its own, else the plain one
-                baselines.append(fixed.get(kind, fixed.get((distribution, sparsity, ""))))
+                baselines.append(fixed.get((distribution, sparsity)))
             for base in baselines:
                 if base is None or base == method or not {method, base} <= scores.keys():
                     continue
