@@ -526,3 +526,34 @@ def test_srigl_keeps_the_value_head_dense_as_erk_does_on_graessers_ppo_halfcheet
     assert bool(masks["value_net.weight"].all())
     kept = sum(int(m.sum()) for m in masks.values())
     assert abs(kept - sum(int(m.sum()) for m in rigl.policy.topology.masks.values())) <= 3
+
+
+def test_update_size_table_gives_each_methods_mean_ppo_step_and_its_ratio_to_dense(tmp_path):
+    from sparse_agents.experiments.bench.update_size import (
+        update_size_markdown,
+        update_size_rows,
+    )
+
+    def progress(name: str, kls: list[float], clips: list[float]) -> Path:
+        path = tmp_path / f"{name}.csv"
+        # rollout-only rows (no train/ keys) come between SB3's train() logs
+        lines = ["time/total_timesteps,train/approx_kl,train/clip_fraction", "2048,,"]
+        lines += [f"{i},{k},{c}" for i, (k, c) in enumerate(zip(kls, clips, strict=True))]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    runs = {("t", "dense"): [progress("d0", [0.01, 0.03], [0.2, 0.2]),
+                             progress("d1", [0.02], [0.1])],
+            ("t", "srigl"): [progress("s0", [0.005], [0.05]), progress("s1", [0.015], [0.05])],
+            ("u", "dqn"): [tmp_path / "missing.csv"]}
+    rows = {r["method"]: r for r in update_size_rows(runs, "dense")}
+    assert set(rows) == {"dense", "srigl"}  # a run without train/approx_kl logs: no row
+    assert rows["dense"]["train/approx_kl"] == pytest.approx(0.02)  # per run, then seeds
+    assert rows["dense"]["train/clip_fraction"] == pytest.approx(0.15)
+    assert rows["srigl"]["train/approx_kl"] == pytest.approx(0.01)
+    assert rows["srigl"]["train/approx_kl_std"] == pytest.approx(0.005)
+    assert rows["srigl"]["train/approx_kl_ratio"] == pytest.approx(0.5)
+    assert rows["srigl"]["train/clip_fraction_ratio"] == pytest.approx(1 / 3)
+    md = update_size_markdown(list(rows.values()))
+    assert "| t | srigl | 2 | 0.0100 ± 0.0050 | 0.50 | 0.0500 ± 0.0000 | 0.33 |" in md
+    assert update_size_markdown([]) == ""

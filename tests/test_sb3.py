@@ -533,3 +533,34 @@ def test_adam_runs_fused_unless_the_user_chose_an_implementation():
     model = make("PPO")
     model.learn(STEPS["PPO"])
     check_invariants(model)  # fused Adam keeps masked weights and moments at 0
+
+
+@pytest.mark.parametrize("name", ["PPO", "TD3"])
+def test_lr_scale_trains_as_the_algorithm_at_that_multiple_of_its_learning_rate(name):
+    """lr c with ``lr_scale=2`` steps exactly as lr 2c (doubling is exact in floating
+    point), every optimizer of the policy (TD3: actor and critic) included; between steps
+    the groups hold the algorithm's value."""
+    def train(lr: float, **policy_kwargs):
+        kw = dict(n_steps=64, batch_size=32, n_epochs=2) if name == "PPO" else \
+            dict(learning_starts=50, buffer_size=1000, batch_size=32)
+        model = ALGOS[name](POLICIES[name], make_vec_env(env_id(name), n_envs=1, seed=0),
+                            learning_rate=lr, seed=0, device="cpu",
+                            policy_kwargs=dict(net_arch=[32, 32], delta_t=4, **policy_kwargs),
+                            **kw)
+        model.learn(STEPS[name])
+        return model
+
+    scaled, doubled, plain = train(1e-3, lr_scale=2), train(2e-3), train(1e-3)
+    params = [dict(m.policy.named_parameters()) for m in (scaled, doubled, plain)]
+    for key, value in params[0].items():
+        torch.testing.assert_close(value, params[1][key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(value, params[2][key]) for key, value in params[0].items())
+    for topo in scaled.policy.topologies.values():
+        assert [g["lr"] for g in topo.optimizer.param_groups] == [1e-3]
+    check_invariants(scaled)
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_lr_scale_must_be_a_finite_positive_number(scale):
+    with pytest.raises(ValueError, match="lr_scale"):
+        make("PPO", lr_scale=scale)

@@ -50,6 +50,7 @@ from torch import nn
 
 from sparse_agents.distributions import METHODS, check_sparsity, dense_fits_budget
 from sparse_agents.flops import flops
+from sparse_agents.sb3.lr import check_lr_scale, scale_learning_rate
 from sparse_agents.sb3.schedule import planned_optimizer_steps
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
 from sparse_agents.sparse_init import check_sparse_init
@@ -82,6 +83,8 @@ SPARSE_DEFAULTS: dict[str, Any] = {
     "condensed_rollout": False,
     "log_sparsity": True,
     "topology_kwargs": None,
+    # the optimizers step at lr_scale x the algorithm's learning rate (sparse_agents.sb3.lr)
+    "lr_scale": 1.0,
 }
 
 #: RL defaults per algorithm family, replacing the image-classification ones (update every
@@ -160,6 +163,7 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("dense_input must be True, False or None (dense if they fit in the "
                          f"budget), got {opts['dense_input']!r}")
     check_sparse_init(opts["sparse_init"])
+    opts["lr_scale"] = check_lr_scale(opts["lr_scale"])
     if opts["log_sparsity"] not in (True, False):
         raise ValueError(f"log_sparsity must be True or False, got {opts['log_sparsity']!r}")
     kw = opts["topology_kwargs"]
@@ -696,6 +700,8 @@ class SparsePolicyMixin:
         log_sparsity: record metrics under ``sparse/`` in the algorithm's logger.
         topology_kwargs: more ``SparseTopology`` keyword arguments (``power``,
             ``renormalise``, ``ablate_output``).
+        lr_scale: the optimizers step at ``lr_scale`` x the learning rate the
+            algorithm sets (its schedule and logs keep the unscaled value).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -710,6 +716,8 @@ class SparsePolicyMixin:
         super()._build(*args, **kwargs)
         runtime = SparseRuntime(self, self._sparse_options)
         runtime.build(self)
+        for _, optimizer in _optimizers(self):
+            scale_learning_rate(optimizer, self._sparse_options["lr_scale"])
         self._sparse = runtime
         self.sparse_state = TopologyState(runtime)
         if self._sparse_options["condensed_rollout"]:

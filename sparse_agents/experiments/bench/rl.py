@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from sparse_agents.distributions import METHODS
+from sparse_agents.experiments.bench.update_size import update_size_markdown, update_size_rows
 from sparse_agents.experiments.hyperparams import SOURCES, SPARSE_SETTINGS
 from sparse_agents.experiments.results import write_atomic
 from sparse_agents.intervals import diff_ci, excludes_zero
@@ -750,6 +751,11 @@ def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: fl
     _write_csv(root / "contrasts.csv", table, CONTRAST_FIELDS)
     if table:
         md += "\nDifferences of the score:\n\n" + contrast_markdown(table)
+    progress: dict[tuple[str, str], list[Path]] = {}
+    for r in rows:
+        progress.setdefault((r["task"], r["method"]), []).append(
+            root / "runs" / run_dir(r["task"], r["method"], r["seed"]) / "progress.csv")
+    md += update_size_markdown(update_size_rows(progress, reference))
     budgets = ", ".join(f"{j['task']} {j['timesteps']} steps" for j in
                         {j["task"]: j for j in jobs}.values())
     counts = {f"{r['task']} {r['method']}": r["seeds"] for r in summary}
