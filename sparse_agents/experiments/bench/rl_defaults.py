@@ -52,6 +52,9 @@ CONFIGS: dict[str, list[str]] = {
     "fan-avg": FAN_AVG,
     "masked-input-fan-avg": [*MASKED_INPUT, *FAN_AVG],
     "static-masked-input-fan-avg": ["--updater", "static", *MASKED_INPUT, *FAN_AVG],
+    # the optimizer at twice PPO's learning rate (lr_scale; docs/rl.md, "Why sparse PPO
+    # lags on HalfCheetah"), the rest as the defaults of 2026-11-30 written out
+    "lr-scale-2": ["--hp", "lr_scale=2", *FAN_AVG],
 }
 
 
