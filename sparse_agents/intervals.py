@@ -1,4 +1,5 @@
-"""Confidence intervals of a difference of means over seeds (Student / Welch t)."""
+"""Mean and spread over seeds, and confidence intervals of a difference of means
+(Student / Welch t)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (÷ n) of ``values``; ``(nan, nan)`` when empty."""
+    n = len(values)
+    if not n:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / n)
 
 
 def diff_ci(xa: ArrayLike, xb: ArrayLike, paired: bool) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from sparse_agents.distributions import METHODS
 from sparse_agents.experiments.bench.update_size import update_size_markdown, update_size_rows
 from sparse_agents.experiments.hyperparams import SOURCES, SPARSE_SETTINGS
 from sparse_agents.experiments.results import write_atomic
-from sparse_agents.intervals import diff_ci, excludes_zero
+from sparse_agents.intervals import diff_ci, excludes_zero, mean_std
 from sparse_agents.timing import sample_interleaved, time_interleaved
 from sparse_agents.updaters import DENSE, REGISTRY, updater_names
 
@@ -519,14 +519,6 @@ def rollout_speed(rounds: int, calls: int, batches: tuple[int, ...] = (1, 8, 64)
 
 
 # --------------------------------------------------------------------------- report
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if not n:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / n)
-
-
 def score(run: dict) -> float:
     """A run's score: the mean of its last 10% of evaluations (older runs: the final)."""
     return run["last10_mean"] if "last10_mean" in run else run["final_mean"]
@@ -538,31 +530,31 @@ def summarise(rows: list[dict], names: list[str], reference: str = DENSE) -> lis
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         dense = [r for r in rows if r["task"] == task and r["method"] == reference]
-        dense_ret, _ = _mean_std([score(r) for r in dense])
-        dense_t, _ = _mean_std([r["train_s"] for r in dense])
+        dense_ret, _ = mean_std([score(r) for r in dense])
+        dense_t, _ = mean_std([r["train_s"] for r in dense])
         for name in names:
             runs = [r for r in rows if r["task"] == task and r["method"] == name]
             if not runs:
                 continue
-            ret, ret_sd = _mean_std([score(r) for r in runs])
-            t, t_sd = _mean_std([r["train_s"] for r in runs])
+            ret, ret_sd = mean_std([score(r) for r in runs])
+            t, t_sd = mean_std([r["train_s"] for r in runs])
             out.append({
                 "task": task, "method": name, "seeds": len(runs),
                 "score": ret, "score_std": ret_sd,
-                "final_return": _mean_std([r["final_mean"] for r in runs])[0],
-                "best_return": _mean_std([r["best_mean"] for r in runs])[0],
+                "final_return": mean_std([r["final_mean"] for r in runs])[0],
+                "best_return": mean_std([r["best_mean"] for r in runs])[0],
                 # signed gap, as a fraction of |dense|: > 0 better, -0.1 = 10% worse
                 "vs_dense": (ret - dense_ret) / abs(dense_ret) if dense and dense_ret
                 else math.nan,
                 "train_s": t, "train_s_std": t_sd,
                 "time_vs_dense": t / dense_t if dense and dense_t else math.nan,
-                "density": _mean_std([r["density"] for r in runs])[0],
-                "nonzero": (_mean_std([r["density"] for r in runs])[0] * runs[0]["masked_total"]
+                "density": mean_std([r["density"] for r in runs])[0],
+                "nonzero": (mean_std([r["density"] for r in runs])[0] * runs[0]["masked_total"]
                             if runs[0].get("masked_total") else math.nan),
-                "updates": _mean_std([r["updates"] for r in runs])[0],
-                "flops_forward": _mean_std([r.get("flops_forward", math.nan)
+                "updates": mean_std([r["updates"] for r in runs])[0],
+                "flops_forward": mean_std([r.get("flops_forward", math.nan)
                                             for r in runs])[0],
-                "flops_ratio": _mean_std([r.get("flops_ratio", math.nan) for r in runs])[0],
+                "flops_ratio": mean_std([r.get("flops_ratio", math.nan) for r in runs])[0],
             })
     return out
 

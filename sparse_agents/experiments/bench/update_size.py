@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sparse_agents.intervals import mean_std
+
 KEYS = {"train/approx_kl": "approx KL", "train/clip_fraction": "clip fraction"}
 
 
@@ -39,7 +41,7 @@ def update_size_rows(runs: Mapping[tuple[str, str], Sequence[Path]],
     for (task, method), paths in runs.items():
         per_run = [run_means(p) for p in paths]
         if per_run and all(m is not None for m in per_run):
-            means[task, method] = {key: _mean_std([m[key] for m in per_run]) for key in KEYS}
+            means[task, method] = {key: mean_std([m[key] for m in per_run]) for key in KEYS}
     rows = []
     for (task, method), stats in means.items():
         ref = means.get((task, reference))
@@ -66,8 +68,3 @@ def update_size_markdown(rows: list[dict]) -> str:
             "`train/clip_fraction` over its updates (`progress.csv`), mean ± std over "
             "seeds, and its ratio to dense:\n\n" + head
             + "|---|---|---|" + "---|---|" * len(KEYS) + "\n" + lines)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
