@@ -287,6 +287,29 @@ def test_equal_params_with_minatar_widens_the_cnn_and_keeps_dense_w_nonzero_weig
             ["--equal-params", "16", "--width-factors", "0"]), "ppo", "CartPole-v1")
 
 
+def test_equal_params_plot_sets_methods_at_one_x_side_by_side_on_an_axis_of_readable_span():
+    offsets = [bench_rl.dodge(i, 3) for i in range(3)]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 3  # apart, in legend order
+    assert math.isclose(math.prod(offsets), 1.0) and bench_rl.dodge(0, 1) == 1.0  # centred
+    assert max(offsets) / min(offsets) < 1.1  # a few percent, not another parameter count
+    lo, hi = bench_rl.log_xlim([1168, 1168, 1144])  # every method with dense W's weights
+    assert hi / lo >= 4 and lo < 1144 and hi > 1168
+    assert math.isclose(math.sqrt(lo * hi), math.sqrt(1144 * 1168))  # centred on them
+    lo, hi = bench_rl.log_xlim([216, 2400])  # dense across widths: the points' own span
+    assert (lo, hi) == (216 / 1.25, 2400 * 1.25)
+
+
+def test_equal_params_report_draws_the_score_against_nonzero_weights(tmp_path):
+    summary = [{"task": "ppo-HalfCheetah-v5", "method": m, "nonzero": n, "score": sc,
+                "score_std": sd}
+               for m, n, sc, sd in [("dense-w16", 1168, 1455.1, 852.4),
+                                    ("rigl-w32", 1168, 1257.3, 93.8),
+                                    ("rigl-w64", 1168, 2021.9, 474.6),
+                                    ("srigl-w64", 1144, 1528.0, 735.8)]]
+    bench_rl.plot_equal_params(summary, tmp_path / "equal_params.png")
+    assert (tmp_path / "equal_params.png").stat().st_size > 10_000
+
+
 def test_reward_scale_scales_training_rewards_not_evaluation():
     import numpy as np
 

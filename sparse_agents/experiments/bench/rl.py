@@ -688,24 +688,48 @@ def plot(rows: list[dict], out: Path, root: Path) -> None:
                  "eval return")
 
 
+def dodge(index: int, count: int, step: float = 1.04) -> float:
+    """Multiplicative x offset of series ``index`` of ``count`` on a log axis, centred on
+    1, so that series at the same x (the same nonzero weights) stand side by side."""
+    return step ** (index - (count - 1) / 2)
+
+
+def log_xlim(xs: list[float], span: float = 4.0) -> tuple[float, float]:
+    """Limits of a log x axis around ``xs`` covering at least a factor ``span``, with a
+    margin, so that points at (almost) one x do not stretch a few units over the axis."""
+    lo, hi = min(xs) / 1.25, max(xs) * 1.25
+    if hi / lo < span:
+        centre = math.sqrt(lo * hi)
+        lo, hi = centre / math.sqrt(span), centre * math.sqrt(span)
+    return lo, hi
+
+
 def plot_equal_params(summary: list[dict], out: Path) -> None:
     """Score against nonzero weights per task: dense across widths, each sparse method
-    across its widths (``--equal-params``)."""
+    across its widths (``--equal-params``); rows dodged by a few percent in x."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     def draw(ax, task: str) -> None:
         rows = [s for s in summary if s["task"] == task and math.isfinite(s["nonzero"])]
-        for family in dict.fromkeys(s["method"].rsplit("-w", 1)[0] for s in rows):
+        families = list(dict.fromkeys(s["method"].rsplit("-w", 1)[0] for s in rows))
+        for family in families:
             pts = [s for s in rows if s["method"].rsplit("-w", 1)[0] == family]
-            ax.errorbar([s["nonzero"] for s in pts], [s["score"] for s in pts],
-                        yerr=[s["score_std"] for s in pts], marker="o", capsize=3,
-                        label=family)
-            for s in pts:
-                ax.annotate(s["method"].rsplit("-w", 1)[1], (s["nonzero"], s["score"]),
+            xs = [s["nonzero"] * dodge(rows.index(s), len(rows)) for s in pts]
+            ax.errorbar(xs, [s["score"] for s in pts], yerr=[s["score_std"] for s in pts],
+                        marker="o", capsize=3, label=family)
+            for x, s in zip(xs, pts, strict=True):
+                ax.annotate(s["method"].rsplit("-w", 1)[1], (x, s["score"]),
                             fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
+        if rows:
+            ax.set_xlim(*log_xlim([s["nonzero"] for s in rows]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{task} (labels: hidden width)", fontsize=10)
 
     _task_figure(list(dict.fromkeys(s["task"] for s in summary)), draw, out,
-                 "nonzero weights", "score (last 10% of evaluations)")
+                 "nonzero weights (methods dodged a few % apart)",
+                 "score (last 10% of evaluations)")
 
 
 def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
