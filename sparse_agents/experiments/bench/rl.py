@@ -538,6 +538,7 @@ def summarise(rows: list[dict], names: list[str], reference: str = DENSE) -> lis
                 continue
             ret, ret_sd = mean_std([score(r) for r in runs])
             t, t_sd = mean_std([r["train_s"] for r in runs])
+            density = mean_std([r["density"] for r in runs])[0]
             out.append({
                 "task": task, "method": name, "seeds": len(runs),
                 "score": ret, "score_std": ret_sd,
@@ -548,8 +549,8 @@ def summarise(rows: list[dict], names: list[str], reference: str = DENSE) -> lis
                 else math.nan,
                 "train_s": t, "train_s_std": t_sd,
                 "time_vs_dense": t / dense_t if dense and dense_t else math.nan,
-                "density": mean_std([r["density"] for r in runs])[0],
-                "nonzero": (mean_std([r["density"] for r in runs])[0] * runs[0]["masked_total"]
+                "density": density,
+                "nonzero": (density * runs[0]["masked_total"]
                             if runs[0].get("masked_total") else math.nan),
                 "updates": mean_std([r["updates"] for r in runs])[0],
                 "flops_forward": mean_std([r.get("flops_forward", math.nan)
@@ -711,10 +712,10 @@ def plot_equal_params(summary: list[dict], out: Path) -> None:
 
     def draw(ax, task: str) -> None:
         rows = [s for s in summary if s["task"] == task and math.isfinite(s["nonzero"])]
-        families = list(dict.fromkeys(s["method"].rsplit("-w", 1)[0] for s in rows))
-        for family in families:
+        at = {s["method"]: s["nonzero"] * dodge(i, len(rows)) for i, s in enumerate(rows)}
+        for family in dict.fromkeys(s["method"].rsplit("-w", 1)[0] for s in rows):
             pts = [s for s in rows if s["method"].rsplit("-w", 1)[0] == family]
-            xs = [s["nonzero"] * dodge(rows.index(s), len(rows)) for s in pts]
+            xs = [at[s["method"]] for s in pts]
             ax.errorbar(xs, [s["score"] for s in pts], yerr=[s["score_std"] for s in pts],
                         marker="o", capsize=3, label=family)
             for x, s in zip(xs, pts, strict=True):
