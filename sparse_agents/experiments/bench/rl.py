@@ -235,6 +235,17 @@ def method_name(updater: str, distribution: str) -> str:
     return updater if updater == DENSE or distribution == "erk" else f"{updater}-{distribution}"
 
 
+def width_method(name: str, width: int) -> str:
+    """An ``--equal-params`` row's name: the method's, then its hidden width."""
+    return f"{name}-w{width}"
+
+
+def split_width(method: str) -> tuple[str, str]:
+    """``width_method``'s inverse: (the method's name, the width as written)."""
+    name, width = method.rsplit("-w", 1)
+    return name, width
+
+
 def methods(args) -> list[tuple[str, str]]:
     """(updater, distribution) of every row, dense once."""
     return list(dict.fromkeys((u, "erk" if u == DENSE else d)
@@ -293,7 +304,7 @@ def equal_param_variants(args, algo: str, env: str) -> list[dict]:
         hp = width_hp(args.hyperparams, width)
         if k in dense_factors:
             out.append(dict(updater=DENSE, distribution="erk", sparsity=0.0, extra_hp=hp,
-                            method=f"dense-w{width}", masked_total=total))
+                            method=width_method(DENSE, width), masked_total=total))
         if k == 1:
             continue
         for updater, distribution in methods(args):
@@ -301,7 +312,7 @@ def equal_param_variants(args, algo: str, env: str) -> list[dict]:
                 out.append(dict(updater=updater, distribution=distribution,
                                 extra_hp=[*hp, "dense_input=False"],
                                 sparsity=round(1.0 - budget / total, 6), masked_total=total,
-                                method=f"{method_name(updater, distribution)}-w{width}"))
+                                method=width_method(method_name(updater, distribution), width)))
     return out
 
 
@@ -713,13 +724,13 @@ def plot_equal_params(summary: list[dict], out: Path) -> None:
     def draw(ax, task: str) -> None:
         rows = [s for s in summary if s["task"] == task and math.isfinite(s["nonzero"])]
         at = {s["method"]: s["nonzero"] * dodge(i, len(rows)) for i, s in enumerate(rows)}
-        for family in dict.fromkeys(s["method"].rsplit("-w", 1)[0] for s in rows):
-            pts = [s for s in rows if s["method"].rsplit("-w", 1)[0] == family]
+        for family in dict.fromkeys(split_width(s["method"])[0] for s in rows):
+            pts = [s for s in rows if split_width(s["method"])[0] == family]
             xs = [at[s["method"]] for s in pts]
             ax.errorbar(xs, [s["score"] for s in pts], yerr=[s["score_std"] for s in pts],
                         marker="o", capsize=3, label=family)
             for x, s in zip(xs, pts, strict=True):
-                ax.annotate(s["method"].rsplit("-w", 1)[1], (x, s["score"]),
+                ax.annotate(split_width(s["method"])[1], (x, s["score"]),
                             fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
         if rows:
@@ -760,7 +771,7 @@ def optimizer_note(rows: list[dict]) -> str:
 def write_report(args, rows: list[dict], jobs: list[dict], root: Path, start: float) -> str:
     """results.csv, summary.csv, summary.md and curves.png under ``root``; the markdown."""
     _write_csv(root / "results.csv", rows, RESULT_FIELDS)
-    reference = f"{DENSE}-w{args.equal_params}" if args.equal_params else DENSE
+    reference = width_method(DENSE, args.equal_params) if args.equal_params else DENSE
     summary = summarise(rows, list(dict.fromkeys(j["method"] for j in jobs)), reference)
     _write_csv(root / "summary.csv", summary)
     md = markdown(summary, None if args.equal_params else args.sparsity)
