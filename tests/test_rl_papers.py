@@ -299,6 +299,24 @@ def test_equal_params_plot_sets_methods_at_one_x_side_by_side_on_an_axis_of_read
     assert (lo, hi) == (216 / 1.25, 2400 * 1.25)
 
 
+@pytest.mark.parametrize("nonzero", [[439, 456, 460], [1144, 1168], [216, 2400], [30, 31]])
+def test_equal_params_plot_labels_a_value_on_every_x_axis(nonzero):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    lo, hi = bench_rl.log_xlim(nonzero)
+    ax.set_xlim(lo, hi)
+    bench_rl.label_log_x(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+    plt.close(fig)
+    assert any(labels), (nonzero, labels)  # 439-460 spans no power of 10: 200 and 500 shown
+
+
 def test_equal_params_report_draws_the_score_against_nonzero_weights(tmp_path):
     summary = [{"task": "ppo-HalfCheetah-v5", "method": m, "nonzero": n, "score": sc,
                 "score_std": sd}

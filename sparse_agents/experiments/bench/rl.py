@@ -716,10 +716,19 @@ def log_xlim(xs: list[float], span: float = 4.0) -> tuple[float, float]:
     return lo, hi
 
 
+def label_log_x(ax) -> None:
+    """Labelled ticks at 1, 2 and 5 x 10^k on a log x axis, so that one within a factor 4
+    (``log_xlim``'s least span) shows a value even where it holds no power of 10."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_equal_params(summary: list[dict], out: Path) -> None:
     """Score against nonzero weights per task: dense across widths, each sparse method
     across its widths (``--equal-params``); rows dodged by a few percent in x."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     def draw(ax, task: str) -> None:
         rows = [s for s in summary if s["task"] == task and math.isfinite(s["nonzero"])]
@@ -735,8 +744,7 @@ def plot_equal_params(summary: list[dict], out: Path) -> None:
         ax.set_xscale("log")
         if rows:
             ax.set_xlim(*log_xlim([s["nonzero"] for s in rows]))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        label_log_x(ax)
         ax.set_title(f"{task} (labels: hidden width)", fontsize=10)
 
     _task_figure(list(dict.fromkeys(s["task"] for s in summary)), draw, out,
