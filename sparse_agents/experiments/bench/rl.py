@@ -733,13 +733,14 @@ def plot_equal_params(summary: list[dict], out: Path) -> None:
     def draw(ax, task: str) -> None:
         rows = [s for s in summary if s["task"] == task and math.isfinite(s["nonzero"])]
         at = {s["method"]: s["nonzero"] * dodge(i, len(rows)) for i, s in enumerate(rows)}
-        for family in dict.fromkeys(split_width(s["method"])[0] for s in rows):
-            pts = [s for s in rows if split_width(s["method"])[0] == family]
+        parts = {s["method"]: split_width(s["method"]) for s in rows}
+        for family in dict.fromkeys(family for family, _ in parts.values()):
+            pts = [s for s in rows if parts[s["method"]][0] == family]
             xs = [at[s["method"]] for s in pts]
             ax.errorbar(xs, [s["score"] for s in pts], yerr=[s["score_std"] for s in pts],
                         marker="o", capsize=3, label=family)
             for x, s in zip(xs, pts, strict=True):
-                ax.annotate(split_width(s["method"])[1], (x, s["score"]),
+                ax.annotate(parts[s["method"]][1], (x, s["score"]),
                             fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
         if rows:
