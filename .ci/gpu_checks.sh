@@ -6,7 +6,8 @@
 #   bash .ci/gpu_checks.sh --prepare-wheels # HERE, before: wheels the GPU image lacks
 #
 # It prints nvidia-smi and the torch/CUDA versions, runs the `gpu`-marked tests of
-# tests/test_gpu.py and tests/test_condensed_gpu.py, then (when $OUT is set) the quick
+# tests/test_gpu.py, tests/test_condensed_gpu.py and tests/test_condensed_training.py
+# (condensed training on CUDA: the torch.sparse kernels), then (when $OUT is set) the quick
 # condensed-kernel benchmark on CUDA into $OUT/gpu. Expected 3-5 minutes on an H200 (not
 # yet measured there); the tests stop at 300 s and the benchmark at 120 s, so the whole
 # script ends within about 7 minutes.
@@ -146,7 +147,8 @@ if "$PY" -c "import pytest_timeout" 2>/dev/null; then extra=(--timeout=150); fi
 status=0
 timeout "${PYTEST_TIMEOUT_S:-300}" "$PY" -m pytest -q -p no:cacheprovider -m gpu \
     --durations=10 --junitxml "$LOG_DIR/gpu_pytest.xml" ${extra[@]+"${extra[@]}"} \
-    tests/test_gpu.py tests/test_condensed_gpu.py 2>&1 | tee "$LOG_DIR/gpu_pytest.log" \
+    tests/test_gpu.py tests/test_condensed_gpu.py tests/test_condensed_training.py \
+    2>&1 | tee "$LOG_DIR/gpu_pytest.log" \
     || status=$?
 echo "pytest exit status: $status"
 

@@ -15,6 +15,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from sparse_agents.compute import (
+    CondensedLinearTraining,
+    OptimizerBinding,
+    check_elementwise_optimizer,
+)
+from sparse_agents.compute.kernels import numba_supports
+from sparse_agents.compute.optim import release
 from sparse_agents.distributions import (
     METHODS,
     check_sparsity,
@@ -31,6 +38,11 @@ from sparse_agents.updaters import get_updater, initial_mask
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MASK_BUFFER = "weight_mask"
 GRAD_MASKING = ("step", "backward")
+COMPUTE = ("masked", "condensed", "auto")
+#: ``compute="auto"`` trains a layer condensed only from this many weights ...
+AUTO_MIN_WEIGHTS = 1 << 18
+#: ... and at most this density (docs/training.md, "When auto trains condensed")
+AUTO_MAX_DENSITY = 0.2
 
 
 @dataclass
@@ -50,6 +62,8 @@ class MaskedLayer:
     #: weights outside the mask that are kept bit-identical (``None``: none), with values
     frozen: Tensor | None = None
     frozen_values: Tensor | None = None
+    #: the layer's condensed training runtime while it trains condensed, else ``None``
+    condensed: CondensedLinearTraining | None = None
 
     @property
     def weight(self) -> nn.Parameter:
@@ -292,8 +306,13 @@ class SparseTopology:
         budgets: Mapping[str, int] | None = None,
         masks: Mapping[str, Tensor] | str | None = None,
         sparse_init: str | None = None,
+        compute: str = "auto",
     ) -> None:
         self._check_choices(distribution, schedule, grad_masking, seed)
+        if compute not in COMPUTE:
+            raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
+        self.compute = compute
+        self._binding: OptimizerBinding | None = None
         self.sparse_init = check_sparse_init(sparse_init)
         self.sparsity = check_sparsity(sparsity)
         self.spec = get_updater(updater)
@@ -466,8 +485,13 @@ class SparseTopology:
                 raise ValueError(f"budget for {layer.name!r} must be in "
                                  f"[0, {layer.weight.numel()}], got {budget}")
             layer.budget = int(budget)
+        old = layer.mask.clone()
+        if layer.condensed is not None:
+            layer.condensed.sync_weight()
         layer.mask.copy_(mask)
         layer.ever_active.copy_(mask)
+        if layer.condensed is not None:
+            layer.condensed.restructure(mask, old & mask, self.optimizer)
 
     def set_t_end(self, t_end: int | None) -> None:
         """Stop scheduled updates at step ``t_end`` (``None``: never)."""
@@ -490,8 +514,9 @@ class SparseTopology:
             for layer in self.layers:
                 first_moment_rule(optimizer, layer.weight)  # ValueError if it has none
             self.keep_dense_grads = True  # the moment needs every step's dense gradient
-        self.detach()
+        self.detach(optimizer)
         self.optimizer = optimizer
+        self._install_condensed(optimizer)
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
@@ -499,16 +524,92 @@ class SparseTopology:
         if self.grad_masking == "backward":
             self._grad_handles = [
                 layer.weight.register_post_accumulate_grad_hook(self._mask_accumulated(layer))
-                for layer in self.layers]
+                for layer in self.layers if layer.condensed is None]
         self._sync_dense_hooks()
         self._remask_state()
 
-    def detach(self) -> None:
-        """Remove every hook; masks stay on the model."""
+    def detach(self, next_optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Remove every hook; masks stay on the model, and condensed layers become
+        masked ``nn.Linear`` layers again (the optimizer steps their ``weight``; so does
+        ``next_optimizer`` where it was built on their condensed values)."""
         for handle in self._handles + self._grad_handles + self._dense_handles:
             handle.remove()
         self._handles, self._grad_handles, self._dense_handles = [], [], []
+        self._uninstall_condensed(next_optimizer)
         self.optimizer = None
+
+    # ------------------------------------------------------------------ compute
+    def _condensable(self, layer: MaskedLayer, optimizer: torch.optim.Optimizer) -> str | None:
+        """Why ``layer`` cannot train condensed under ``optimizer`` (``None``: it can)."""
+        module = layer.module
+        if type(module) is not nn.Linear:
+            return f"{type(module).__name__} layers train masked"
+        if layer.frozen is not None:
+            return "it has frozen entries (per-task masks)"
+        uses = [m for _, m in find_maskable(self.model) if m.weight is layer.weight]
+        if len(uses) > 1:
+            return "its weight is tied to another module"
+        if not check_elementwise_optimizer(optimizer):
+            return (f"optimizer {type(optimizer).__name__} is not elementwise (condensed "
+                    "training steps SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, "
+                    "RAdam, Rprop, ASGD, Adadelta)")
+        return None
+
+    def _wants_condensed(self, layer: MaskedLayer) -> bool:
+        """``compute="auto"``'s rule for a layer that can train condensed."""
+        w = layer.weight
+        return (numba_supports(w) and w.numel() >= AUTO_MIN_WEIGHTS
+                and layer.budget <= AUTO_MAX_DENSITY * w.numel())
+
+    def _install_condensed(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.compute == "masked":
+            return
+        chosen = []
+        for layer in self.layers:
+            why = self._condensable(layer, optimizer)
+            if why is not None:
+                if self.compute == "condensed" and type(layer.module) is nn.Linear:
+                    raise ValueError(f"compute='condensed' cannot train {layer.name!r}: "
+                                     f"{why}; use compute='masked' or 'auto'")
+                continue
+            if self.compute == "condensed" or self._wants_condensed(layer):
+                chosen.append(layer)
+        if not chosen:
+            return
+        self._binding = OptimizerBinding(optimizer)
+        for layer in chosen:
+            weight = layer.weight
+            ct = CondensedLinearTraining(layer.module, layer.mask, mask_name=MASK_BUFFER)
+            ct.on_load = self._on_module_load
+            ct.install()
+            self._binding.bind(ct, weight)
+            layer.condensed = ct
+
+    def _uninstall_condensed(self, other: torch.optim.Optimizer | None = None) -> None:
+        binding = self._binding
+        for layer in self.layers:
+            ct = layer.condensed
+            if ct is None:
+                continue
+            ct.uninstall()
+            if binding is not None:
+                binding.unbind(ct, layer.weight)
+            if other is not None and other is not self.optimizer:
+                release(other, ct, layer.weight)
+            layer.condensed = None
+        if binding is not None:
+            binding.close()
+        self._binding = None
+
+    @property
+    def condensed_layers(self) -> list[str]:
+        """Parameter names of the layers that train condensed now."""
+        return [x.name for x in self.layers if x.condensed is not None]
+
+    def _on_module_load(self, ct: CondensedLinearTraining) -> None:
+        """After ``load_state_dict`` wrote a condensed module: its structure follows the
+        loaded mask, the optimizer's state with it."""
+        ct.follow_mask(self.optimizer)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -526,6 +627,9 @@ class SparseTopology:
         ``frozen``). ``frozen=None`` unfreezes.
         """
         layer = self.layer(name)
+        if frozen is not None and layer.condensed is not None:
+            raise ValueError(f"layer {layer.name!r} trains condensed: frozen entries need "
+                             "compute='masked'")
         if frozen is None:
             layer.frozen = layer.frozen_values = None
             layer.allowed = allowed
@@ -567,11 +671,14 @@ class SparseTopology:
     def _sync_dense_hooks(self) -> None:
         """Have the dense-gradient tensor hooks registered exactly when the next backward
         needs them: the other backwards pay one Python call per layer, not two."""
-        want = (self.grad_masking == "backward" and self.optimizer is not None
-                and self._wants_dense_grads())
+        wants = self._wants_dense_grads()
+        for layer in self.layers:
+            if layer.condensed is not None:
+                layer.condensed.want_dense_grad = wants
+        want = (self.grad_masking == "backward" and self.optimizer is not None and wants)
         if want and not self._dense_handles:
             self._dense_handles = [layer.weight.register_hook(self._keep_dense(layer))
-                                   for layer in self.layers]
+                                   for layer in self.layers if layer.condensed is None]
         elif not want and self._dense_handles:
             for handle in self._dense_handles:
                 handle.remove()
@@ -658,7 +765,7 @@ class SparseTopology:
                                          else moment.mul_(decay).add_(grad, alpha=scale))
 
     def _mask_grads(self) -> None:
-        with_grad = [x for x in self.layers if x.weight.grad is not None]
+        with_grad = [x for x in self.layers if x.condensed is None and x.weight.grad is not None]
         if with_grad:
             torch._foreach_mul_([x.weight.grad for x in with_grad],
                                 [x.mask_f for x in with_grad])
@@ -670,9 +777,14 @@ class SparseTopology:
         # state), so they need no re-masking; others, and layers with frozen entries
         # (weight decay moves those), are re-masked after every step.
         preserving = isinstance(optimizer, MASK_PRESERVING)
-        layers = [x for x in self.layers if not preserving or x.frozen is not None]
+        layers = [x for x in self.layers if x.condensed is None
+                  and (not preserving or x.frozen is not None)]
         if layers:
             self._remask(layers)
+        for layer in self.layers:
+            if layer.condensed is not None:  # the dense weight follows the values
+                layer.condensed.sync_weight()
+                layer.condensed.dense_grad = None
         self._dense_grads.clear()
         self._grad_seen.clear()
         self._sync_dense_hooks()
@@ -687,6 +799,7 @@ class SparseTopology:
         self._remask_state(layers)
 
     def _remask_state(self, layers: Sequence[MaskedLayer] | None = None) -> None:
+        # a condensed layer's weight is not in the optimizer (its values are, all active)
         """Reset the optimizer state of inactive entries (moments to 0, step sizes to
         their initial value; see :mod:`sparse_agents.optim_state`)."""
         for layer in self.layers if layers is None else layers:
@@ -696,6 +809,8 @@ class SparseTopology:
     def dense_grad(self, layer: MaskedLayer) -> Tensor | None:
         """The dense gradient of ``layer`` for an update: kept aside, else ``.grad``
         (``None`` when the layer had no backward since its gradient was cleared)."""
+        if layer.condensed is not None:
+            return layer.condensed.dense_grad
         if layer.weight.grad is None:
             return None
         kept = self._dense_grads.get(layer.name)
@@ -741,9 +856,12 @@ class SparseTopology:
         grads = {layer.name: self._moments.get(layer.name) if self.spec.needs_momentum
                  else self.dense_grad(layer) for layer in self.layers}
         if needs_grad and not scheduled and all(g is None for g in grads.values()):
+            hint = ("; layers training condensed keep the dense gradient only before "
+                    "scheduled updates: set keep_dense_grads = True before that backward"
+                    if self.condensed_layers else "")
             raise ValueError(
-                f"updater {self.updater!r} grows by gradient: call backward() before update()"
-            )
+                f"updater {self.updater!r} grows by gradient: call backward() before "
+                f"update(){hint}")
         fraction = self.schedule.fraction(step)
         changed: dict[str, int] = {}
         for layer in self.layers:
@@ -762,8 +880,15 @@ class SparseTopology:
 
     def _apply(self, layer: MaskedLayer, old: Tensor, new: Tensor) -> None:
         """Install ``new``; dropped and grown weights and their optimizer state become 0."""
+        if layer.condensed is not None:
+            layer.condensed.sync_weight()
         layer.mask.copy_(new)
         keep = old & new  # entries whose value and state survive the update
+        if layer.condensed is not None:
+            layer.weight.mul_(keep)
+            layer.condensed.restructure(new, keep, self.optimizer)
+            layer.ever_active |= new
+            return
         layer.weight.mul_(keep)
         if layer.frozen_values is not None:
             layer.weight.add_(layer.frozen_values)
@@ -819,10 +944,11 @@ class SparseTopology:
                 "sparsity": self.sparsity, "updater": self.updater,
                 "distribution": self.distribution, "delta_t": self.schedule.delta_t,
                 "t_end": self.schedule.t_end, "drop_fraction": self.schedule.drop_fraction,
-                "schedule": self.schedule.kind, "seed": self.seed,
+                "schedule": self.schedule.kind, "seed": self.seed, "compute": self.compute,
             },
         }
 
+    @torch.no_grad()
     def load_state_dict(self, state: Mapping) -> None:
         """Restore masks, step, RNG and ITOP record; masks must match every layer."""
         masks = state.get("masks")
@@ -838,7 +964,12 @@ class SparseTopology:
                     f"expected {tuple(layer.weight.shape)}"
                 )
         for layer in self.layers:
+            old = layer.mask.clone()
             layer.mask.copy_(masks[layer.name].to(torch.bool))
+            if layer.condensed is not None:
+                layer.condensed.sync_weight()
+                layer.weight.mul_(layer.mask)
+                layer.condensed.restructure(layer.mask, old & layer.mask, self.optimizer)
             ever = state.get("ever_active", {}).get(layer.name)
             layer.ever_active.copy_(ever if ever is not None else layer.mask)
             layer.budget = int(state.get("budgets", {}).get(layer.name, layer.budget))
@@ -853,7 +984,8 @@ class SparseTopology:
     def __repr__(self) -> str:
         return (
             f"SparseTopology(updater={self.updater!r}, distribution={self.distribution!r}, "
-            f"sparsity={self.sparsity}, layers={len(self.layers)}, step={self.step})"
+            f"sparsity={self.sparsity}, layers={len(self.layers)}, "
+            f"condensed={len(self.condensed_layers)}, step={self.step})"
         )
 
 

@@ -161,6 +161,24 @@ def topology_freeze_overlap() -> None:
     t.freeze("0.weight", t.masks["0.weight"].clone())
 
 
+def condensed_lbfgs() -> None:
+    model = mlp()
+    SparseTopology(model, torch.optim.LBFGS(model.parameters()), compute="condensed")
+
+
+def condensed_tied() -> None:
+    model = mlp()
+    model.append(nn.Linear(48, 4))
+    model[-1].weight = model[4].weight  # one Parameter, two modules
+    SparseTopology(model, sgd(model), compute="condensed")
+
+
+def freeze_condensed() -> None:
+    model = mlp()
+    t = SparseTopology(model, sgd(model), compute="condensed")
+    t.freeze("0.weight", ~t.masks["0.weight"])
+
+
 def task_masks(model: nn.Module | None = None, **kwargs) -> TaskMasks:
     kwargs.setdefault("dense_layers", ["4"])
     return TaskMasks(mlp() if model is None else model, **kwargs)
@@ -265,6 +283,16 @@ CASES: list[Case] = [
          lambda: topo().set_t_end(-1), V, "t_end must be None or an integer >= 1, got -1"),
     Case("topology/drop-fraction-1", "drop every active weight: `drop_fraction=1.0`",
          lambda: topo(drop_fraction=1.0), V, r"drop_fraction must be in \(0, 1\), got 1\.0"),
+    Case("topology/compute-unknown", "`SparseTopology(mlp, compute='fast')`",
+         lambda: topo(compute="fast"), V,
+         has("compute must be one of", "masked", "condensed", "auto")),
+    Case("topology/compute-condensed-lbfgs", "`compute='condensed'` with an optimizer that is "
+         "not element-wise (`torch.optim.LBFGS`)", condensed_lbfgs, V,
+         has("compute='condensed'", "LBFGS is not elementwise", "compute='masked'")),
+    Case("topology/compute-condensed-tied", "`compute='condensed'` on a weight tied to "
+         "another module", condensed_tied, V, has("tied", "compute='masked'")),
+    Case("topology/freeze-condensed", "`freeze()` on a layer that trains condensed",
+         freeze_condensed, V, has("trains condensed", "compute='masked'")),
     Case("topology/drop-fraction-0", "drop nothing: `drop_fraction=0.0`",
          lambda: topo(drop_fraction=0.0), V, r"drop_fraction must be in \(0, 1\), got 0\.0"),
     Case("topology/gamma-sal-above-1", "SRigL ablation threshold above 1: `gamma_sal=1.5`",
@@ -400,6 +428,9 @@ CASES: list[Case] = [
          r"overflow must be one of \('raise', 'shrink'\), got 'share'"),
     Case("task_masks/transfer-not-bool", "`transfer='yes'`",
          lambda: task_masks(transfer="yes"), V, "transfer must be True or False, got 'yes'"),
+    Case("task_masks/compute-condensed", "`TaskMasks(model, compute='condensed')`",
+         lambda: task_masks(compute="condensed"), V,
+         has("compute='condensed' is not supported with per-task masks", "'auto'")),
     Case("task_masks/sparsity", "`TaskMasks(model, sparsity=1.0)`",
          lambda: task_masks(sparsity=1.0), V, SPARSITY_RANGE + r", got 1\.0"),
     Case("task_masks/dense-layers-all", "`dense_layers=['.*']`: nothing left to mask",
@@ -424,6 +455,8 @@ CASES: list[Case] = [
     # --- SB3 policies (policy_kwargs)
     Case("sb3/sparsity", "`policy_kwargs=dict(sparsity=1.5)`",
          lambda: policy(sparsity=1.5), V, SPARSITY_RANGE + r", got 1\.5"),
+    Case("sb3/compute", "`policy_kwargs=dict(compute='sparse')`",
+         lambda: policy(compute="sparse"), V, has("compute must be one of", "condensed")),
     Case("sb3/sparsity-dqn", "`SparseDQNPolicy` with `sparsity=-0.1`",
          lambda: policy(SparseDQNPolicy, sparsity=-0.1), V, SPARSITY_RANGE + r", got -0\.1"),
     Case("sb3/updater-unknown", "`policy_kwargs=dict(updater='magic')`",

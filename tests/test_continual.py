@@ -334,3 +334,32 @@ def test_dst_plugin_continues_a_torch_pruned_model_at_its_sparsity():
         assert int(layer.mask.sum()) == int(pruned[layer.module_name].sum())
     check_topology(topo, opt)
     assert topo.metrics()["density"] == pytest.approx(0.2, abs=1e-3)
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_dst_plugin_trains_condensed(bench, replace):
+    """compute="condensed" through DSTPlugin: the optimizer Avalanche resets (or a new
+    one built from model.parameters()) steps the condensed values; invariants hold."""
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    dst = DSTPlugin(sparsity=0.8, updater="rigl", delta_t=2, compute="condensed")
+    check = CheckDST(dst)
+    plugins = [dst, ReplaceOptimizer(), check] if replace else [dst, check]
+    strat = strategy(Naive, model, opt, plugins)
+    for exp in list(bench.train_stream)[:2]:
+        strat.train(exp, eval_streams=[], reset_optimizer_state=True)
+    topo = dst.topology
+    assert topo.condensed_layers == ["backbone.0.weight", "backbone.2.weight"]
+    assert check.checked > 0 and topo.n_updates > 0
+    trained = {id(p) for g in strat.optimizer.param_groups for p in g["params"]}
+    assert all(id(x.condensed.values) in trained and id(x.weight) not in trained
+               for x in topo.layers)
+
+
+def test_task_masks_refuse_condensed_compute():
+    from sparse_agents import TaskMasks
+
+    with pytest.raises(ValueError, match="compute='condensed' is not supported with per-task"):
+        TaskMasks(Net(), sparsity=0.5, compute="condensed")
+    masks = TaskMasks(Net(), sparsity=0.5, compute="auto")
+    assert masks.topology.compute == "masked"

@@ -48,13 +48,20 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from torch import nn
 
+from sparse_agents.compute import CondensedLinearTraining, condensed_linear
 from sparse_agents.distributions import METHODS, check_sparsity, dense_fits_budget
 from sparse_agents.flops import flops
 from sparse_agents.sb3.lr import check_lr_scale, scale_learning_rate
 from sparse_agents.sb3.schedule import planned_optimizer_steps
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
 from sparse_agents.sparse_init import check_sparse_init
-from sparse_agents.topology import MASK_BUFFER, SparseTopology, find_maskable, match_layer
+from sparse_agents.topology import (
+    COMPUTE,
+    MASK_BUFFER,
+    SparseTopology,
+    find_maskable,
+    match_layer,
+)
 from sparse_agents.updaters import get_updater
 
 __all__ = ["FUSED_BY_DEFAULT", "SPARSE_DEFAULTS", "SparsePolicyMixin", "TopologyState",
@@ -85,6 +92,8 @@ SPARSE_DEFAULTS: dict[str, Any] = {
     "topology_kwargs": None,
     # the optimizers step at lr_scale x the algorithm's learning rate (sparse_agents.sb3.lr)
     "lr_scale": 1.0,
+    # which layers train on their active weights only (SparseTopology's compute)
+    "compute": "auto",
 }
 
 #: RL defaults per algorithm family, replacing the image-classification ones (update every
@@ -164,6 +173,8 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
                          f"budget), got {opts['dense_input']!r}")
     check_sparse_init(opts["sparse_init"])
     opts["lr_scale"] = check_lr_scale(opts["lr_scale"])
+    if opts["compute"] not in COMPUTE:
+        raise ValueError(f"compute must be one of {COMPUTE}, got {opts['compute']!r}")
     if opts["log_sparsity"] not in (True, False):
         raise ValueError(f"log_sparsity must be True or False, got {opts['log_sparsity']!r}")
     kw = opts["topology_kwargs"]
@@ -364,7 +375,7 @@ class SparseRuntime:
                 schedule=opts["schedule"], gamma_sal=gammas[i], dense_layers=dense[i],
                 seed=opts["seed"] + i, output_layers=outputs[i],
                 sparse_init=opts["sparse_init"], grad_masking="backward",
-                **{**extra, **shares[i]})
+                compute=opts["compute"], **{**extra, **shares[i]})
         self._build_targets(policy)
         self._short = self._short_names()
 
@@ -395,6 +406,10 @@ class SparseRuntime:
                     t_mod.register_buffer(MASK_BUFFER, layer.mask.clone())
                 with torch.no_grad():  # SB3 built it a copy; sparse_init may have rescaled
                     t_mod.weight.copy_(module.weight)
+                if layer.condensed is not None and condensed_linear(t_mod) is None:
+                    # the target trains nothing, but computes condensed and its parameters
+                    # line up with the online network's for SB3's polyak_update
+                    CondensedLinearTraining(t_mod, layer.mask, mask_name=MASK_BUFFER).install()
                 self.targets.setdefault(key, []).append((module, t_mod))
         for key in self.targets:
             self.topologies[key].optimizer.register_step_post_hook(self._post_step_hook(key))
@@ -415,8 +430,13 @@ class SparseRuntime:
                 continue
             for online, target in self.targets.get(k, []):
                 mask = getattr(online, MASK_BUFFER)
+                condensed = condensed_linear(target)
+                if condensed is not None:  # polyak moved its values: bring weight up to date
+                    condensed.sync_weight()
                 getattr(target, MASK_BUFFER).copy_(mask)
                 target.weight.mul_(mask)
+                if condensed is not None:
+                    condensed.follow_mask(None)
             self._synced[k] = topo.n_updates
 
     # ------------------------------------------------------------------ state
@@ -702,6 +722,9 @@ class SparsePolicyMixin:
             ``renormalise``, ``ablate_output``).
         lr_scale: the optimizers step at ``lr_scale`` x the learning rate the
             algorithm sets (its schedule and logs keep the unscaled value).
+        compute: ``"auto"`` (default), ``"condensed"`` or ``"masked"``: which linear
+            layers train (and predict) on their active weights only; as in
+            ``SparseTopology``. Target networks compute like their online network.
     """
 
     def __init__(self, *args, **kwargs) -> None:

@@ -92,7 +92,7 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
             n_tasks=topts["n_tasks"], overflow=topts["overflow"], dense_layers=dense,
             delta_t=opts["delta_t"], t_end=opts["t_end"], drop_fraction=opts["drop_fraction"],
             schedule=opts["schedule"], gamma_sal=opts["gamma_sal"],
-            output_layers=output_layers, grad_masking="backward",
+            output_layers=output_layers, grad_masking="backward", compute=opts["compute"],
             **dict(opts["topology_kwargs"] or {}))
         # the mixin's runtime (t_end from learn(), sparse/ metrics) over that topology;
         # no ``sparse_state``: TaskMasks' own state (owners, masks, per-task state)
