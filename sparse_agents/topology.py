@@ -40,7 +40,7 @@ MASK_BUFFER = "weight_mask"
 GRAD_MASKING = ("step", "backward")
 COMPUTE = ("masked", "condensed", "auto")
 #: ``compute="auto"`` trains a layer condensed only from this many weights ...
-AUTO_MIN_WEIGHTS = 1 << 18
+AUTO_MIN_WEIGHTS = 1 << 17
 #: ... and at most this density (docs/training.md, "When auto trains condensed")
 AUTO_MAX_DENSITY = 0.2
 

@@ -223,7 +223,7 @@ def test_auto_trains_condensed_only_large_sparse_cpu_linear_layers():
                           nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 4))
     opt = torch.optim.Adam(model.parameters())
     topo = sa.SparseTopology(model, opt, sparsity=0.9, updater="srigl", compute="auto")
-    expected = [x.name for x in topo.layers if x.weight.numel() >= 1 << 18
+    expected = [x.name for x in topo.layers if x.weight.numel() >= 1 << 17
                 and x.budget <= 0.2 * x.weight.numel()]
     assert expected == ["4.weight"]
     assert topo.condensed_layers == expected
@@ -343,3 +343,21 @@ def test_small_batch_forward_follows_values_changed_in_place():
                                                                   model[0].bias)))
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected)
+
+
+def test_bench_training_writes_its_parts_atomically_and_skips_them_when_done(tmp_path):
+    from sparse_agents.experiments.bench import training as bench
+
+    args = ["--parts", "layers", "--sizes", "24x16", "--batches", "4", "--sparsities", "0.5",
+            "--quick", "--out", str(tmp_path), "--plot", str(tmp_path / "layers.png")]
+    assert bench.main(args) == 0
+    rows = (tmp_path / "layers.csv").read_text().splitlines()
+    methods = {r.split(",")[3] for r in rows[1:]}
+    assert {"dense", "masked", "condensed"} <= methods
+    assert rows[1].startswith("24x16,4,0.5,")
+    assert (tmp_path / "layers.png").exists()
+    before = (tmp_path / "layers.csv").stat().st_mtime_ns
+    assert bench.main(args) == 0  # done: skipped
+    assert (tmp_path / "layers.csv").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="--sizes takes N or OUTxIN"):
+        bench.parse_shape("12x")

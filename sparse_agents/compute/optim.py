@@ -19,6 +19,12 @@ from sparse_agents.optim_state import reset_value
 __all__ = ["OptimizerBinding", "release"]
 
 
+def _map_state(entry: dict, shape: torch.Size, fn) -> dict:
+    """``entry`` with ``fn(key, value)`` applied to its tensors of ``shape``."""
+    return {k: fn(k, v) if torch.is_tensor(v) and v.shape == shape else v
+            for k, v in entry.items()}
+
+
 def _index(optimizer: torch.optim.Optimizer) -> dict[int, int]:
     """``id(param)`` -> its index in the optimizer's ``state_dict``."""
     out: dict[int, int] = {}
@@ -39,10 +45,9 @@ def release(optimizer: torch.optim.Optimizer, layer: CondensedLinearTraining,
         return False
     state = optimizer.state.pop(values, None)
     if state:
-        optimizer.state[weight] = {
-            k: layer.dense_state(v, reset_value(optimizer, weight, k))
-            if torch.is_tensor(v) and v.shape == values.shape else v
-            for k, v in state.items()}
+        optimizer.state[weight] = _map_state(
+            state, values.shape,
+            lambda k, v: layer.dense_state(v, reset_value(optimizer, weight, k)))
     return True
 
 
@@ -65,9 +70,8 @@ class OptimizerBinding:
             raise ValueError("the optimizer does not train this layer's weight")
         state = opt.state.pop(weight, None)
         if state:
-            opt.state[layer.values] = {
-                k: layer.compact_state(v) if torch.is_tensor(v) and v.shape == weight.shape
-                else v for k, v in state.items()}
+            opt.state[layer.values] = _map_state(state, weight.shape,
+                                                 lambda k, v: layer.compact_state(v))
         self.layers.append(layer)
 
     def unbind(self, layer: CondensedLinearTraining, weight: Tensor) -> None:
@@ -84,27 +88,22 @@ class OptimizerBinding:
         index = _index(self.optimizer)
         return {index[id(x.values)]: x for x in self.layers if id(x.values) in index}
 
-    def _expand(self, optimizer, state_dict: dict) -> dict:
-        bound = self._bound()
+    def _convert(self, state_dict: dict, dense: bool) -> dict:
+        """``state_dict`` with the bound layers' state written weight-shaped (``dense``)
+        or read back compact."""
+        opt = self.optimizer
         state = dict(state_dict["state"])
-        for i, layer in bound.items():
-            entry = state.get(i)
-            if not entry:
-                continue
-            shape = layer.values.shape
-            state[i] = {k: layer.dense_state(v, reset_value(optimizer, layer.values, k))
-                        if torch.is_tensor(v) and v.shape == shape else v
-                        for k, v in entry.items()}
+        for i, layer in self._bound().items():
+            if state.get(i):
+                state[i] = (_map_state(state[i], layer.values.shape, lambda k, v, x=layer:
+                                       x.dense_state(v, reset_value(opt, x.values, k)))
+                            if dense else
+                            _map_state(state[i], layer.module.weight.shape,
+                                       lambda k, v, x=layer: x.compact_state(v)))
         return {**state_dict, "state": state}
 
+    def _expand(self, optimizer, state_dict: dict) -> dict:
+        return self._convert(state_dict, dense=True)
+
     def _compact(self, optimizer, state_dict: dict) -> dict:
-        bound = self._bound()
-        state = dict(state_dict["state"])
-        for i, layer in bound.items():
-            entry = state.get(i)
-            if not entry:
-                continue
-            shape = layer.module.weight.shape
-            state[i] = {k: layer.compact_state(v) if torch.is_tensor(v) and v.shape == shape
-                        else v for k, v in entry.items()}
-        return {**state_dict, "state": state}
+        return self._convert(state_dict, dense=False)

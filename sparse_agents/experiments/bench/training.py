@@ -10,6 +10,9 @@ atomically under ``--out`` and skipped when its CSV is there (``--force`` redoes
     square linear layer: dense, masked (``SparseTopology(compute="masked")``), condensed
     and SparseProp's ``SparseLinear`` (when ``sparseprop`` is installed), interleaved
     per configuration; the condensed kernels' achieved GFLOP/s and GB/s.
+``kernels``
+    where a condensed step's time goes (1024x1024, batch 256, 90%): each kernel alone,
+    the transposes, the optimizer step, the write-back into the dense weight.
 ``update``
     the extra cost of a step that runs a RigL update under ``compute="condensed"`` (the
     dense gradient product, the update, the new structure), against a plain step.
@@ -45,7 +48,7 @@ examples:
 SIZES = (256, 1024, 2048)
 BATCHES = (1, 32, 256)
 SPARSITIES = (0.8, 0.9, 0.95, 0.99)
-PARTS = ("peak", "layers", "update", "sb3")
+PARTS = ("peak", "layers", "kernels", "update", "sb3")
 #: bytes one active entry moves per training step in the condensed kernels: the gathered
 #: input row (forward and weight gradient) and output-gradient row (input gradient), 4
 #: bytes per batch element each, plus value and index reads
@@ -60,14 +63,28 @@ def _sparseprop() -> type | None:
     return SparseLinear
 
 
-def layer_step(method: str, n: int, batch: int, sparsity: float, seed: int = 0) -> Callable:
-    """One full training step of an ``n x n`` layer at ``sparsity`` under ``method``."""
+def parse_shape(text: str) -> tuple[int, int]:
+    """``"N"`` (square) or ``"OUTxIN"`` -> ``(out_features, in_features)``."""
+    parts = str(text).lower().split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) not in (1, 2) or min(dims) < 1:
+        raise ValueError(f"--sizes takes N or OUTxIN with positive integers, got {text!r}")
+    return (dims[0], dims[-1])
+
+
+def layer_step(method: str, shape: tuple[int, int], batch: int, sparsity: float,
+               seed: int = 0) -> Callable:
+    """One full training step of an ``out x in`` layer at ``sparsity`` under ``method``."""
     torch.manual_seed(seed)
-    layer = nn.Linear(n, n)
-    x = torch.randn(batch, n, requires_grad=True)
-    grad_out = torch.randn(batch, n)
+    n_out, n_in = shape
+    layer = nn.Linear(n_in, n_out)
+    x = torch.randn(batch, n_in, requires_grad=True)
+    grad_out = torch.randn(batch, n_out)
     if method == "sparseprop":
-        mask = torch.rand(n, n) >= sparsity
+        mask = torch.rand(n_out, n_in) >= sparsity
         with torch.no_grad():
             layer.weight.mul_(mask)
         layer = _sparseprop().from_dense(layer)
@@ -89,13 +106,15 @@ def layer_step(method: str, n: int, batch: int, sparsity: float, seed: int = 0) 
 def bench_layers(sizes, batches, sparsities, rounds: int, min_sample_s: float) -> list[dict]:
     methods = ["dense", "masked", "condensed"] + (["sparseprop"] if _sparseprop() else [])
     rows = []
-    for n in sizes:
+    for text in sizes:
+        shape = parse_shape(text)
+        n = f"{shape[0]}x{shape[1]}"
         for batch in batches:
             for sparsity in sparsities:
-                fns = {m: layer_step(m, n, batch, sparsity) for m in methods}
+                fns = {m: layer_step(m, shape, batch, sparsity) for m in methods}
                 times = {m: float(np.median(s)) for m, s in sample_interleaved(
                     fns, rounds=rounds, min_sample_s=min_sample_s, rotate=True).items()}
-                nnz = round((1 - sparsity) * n * n)
+                nnz = round((1 - sparsity) * shape[0] * shape[1])
                 flops = 3 * 2 * nnz * batch  # forward, input and weight gradient
                 moved = nnz * batch * KERNEL_BYTES_PER_ENTRY_AND_SAMPLE
                 for m in methods:
@@ -105,9 +124,49 @@ def bench_layers(sizes, batches, sparsities, rounds: int, min_sample_s: float) -
                         speedup_vs_masked=times["masked"] / times[m],
                         gflops_active=flops / times[m] / 1e9,
                         gbytes_per_s=moved / times[m] / 1e9))
-                print(f"{n}x{n} batch {batch} sparsity {sparsity}: " + ", ".join(
+                print(f"{n} batch {batch} sparsity {sparsity}: " + ", ".join(
                     f"{m} {1e3 * times[m]:.3f} ms" for m in methods), flush=True)
     return rows
+
+
+def bench_kernels(n: int, batch: int, sparsity: float, rounds: int) -> list[dict]:
+    """Where a condensed step's time goes: each kernel alone and the rest of the step."""
+    from sparse_agents.compute import kernels as K
+
+    torch.manual_seed(0)
+    layer = nn.Linear(n, n)
+    x = torch.randn(batch, n, requires_grad=True)
+    g = torch.randn(batch, n)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-4, fused=True)
+    topo = SparseTopology(layer, opt, sparsity=sparsity, updater="rigl",
+                          distribution="uniform", delta_t=10**9, grad_masking="backward",
+                          compute="condensed")
+    ct = topo.layers[0].condensed
+    s, v, b = ct.structure, ct.values.detach(), layer.bias.detach()
+    xt, gt = x.detach().t().contiguous(), g.t().contiguous()
+
+    def full() -> None:
+        opt.zero_grad()
+        x.grad = None
+        layer(x).backward(g)
+        opt.step()
+
+    fns = {"full step": full,
+           "forward kernel": lambda: K.forward(s, xt, v, b, "numba"),
+           "fused backward kernel (both gradients)": lambda: K.backward_both(s, gt, xt, v),
+           "weight-gradient kernel alone": lambda: K.backward_weight(s, gt, xt, "numba"),
+           "input-gradient kernel alone": lambda: K.backward_input(s, gt, v, "numba"),
+           "one activation transpose": lambda: x.detach().t().contiguous(),
+           "optimizer step (fused Adam on the values, hooks)": opt.step,
+           "values into the dense weight": ct.sync_weight}
+    times = {m: float(np.median(t)) for m, t in sample_interleaved(
+        fns, rounds=rounds, min_sample_s=0.05).items()}
+    flops = 2 * s.nnz * batch
+    products = {"fused backward kernel (both gradients)": 2}  # two products in one pass
+    return [dict(what=f"{name} ({n}x{n}, batch {batch}, {sparsity})", ms=1e3 * t,
+                 gflops=products.get(name, 1) * flops / t / 1e9 if "kernel" in name
+                 else float("nan"))
+            for name, t in times.items()]
 
 
 def bench_update(n: int, batch: int, sparsity: float, rounds: int) -> list[dict]:
@@ -292,7 +351,7 @@ def plot_layers(csv: Path, out: Path) -> None:
     import pandas as pd
 
     df = pd.read_csv(csv)
-    sizes = sorted(df["size"].unique())
+    sizes = sorted(df["size"].unique(), key=lambda s: [int(d) for d in str(s).split("x")])
     batches = sorted(df["batch"].unique())
     fig, axes = plt.subplots(len(batches), len(sizes), figsize=(3.2 * len(sizes),
                              2.6 * len(batches)), sharey=True, squeeze=False)
@@ -306,7 +365,7 @@ def plot_layers(csv: Path, out: Path) -> None:
                     ax.plot(s["sparsity"], s["speedup_vs_dense"], marker=marker, label=method)
             ax.axhline(1.0, color="grey", lw=0.8)
             ax.set_yscale("log")
-            ax.set_title(f"{n}x{n}, batch {batch}", fontsize=9)
+            ax.set_title(f"{n}, batch {batch}", fontsize=9)
             if i == len(batches) - 1:
                 ax.set_xlabel("sparsity")
             if j == 0:
@@ -331,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=[str(n) for n in SIZES],
+                        help="layer shapes: N (square) or OUTxIN")
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter samples")
@@ -345,8 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name, values, low in (("--sizes", args.sizes, 1), ("--batches", args.batches, 1),
-                              ("--threads", [args.threads], 1)):
+    try:
+        for text in args.sizes:
+            parse_shape(text)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    for name, values, low in (("--batches", args.batches, 1), ("--threads", [args.threads], 1)):
         if min(values) < low:
             raise SystemExit(f"{name} must be >= {low}, got {values}")
     if not all(0 <= s < 1 for s in args.sparsities):
@@ -372,10 +436,12 @@ def main(argv: list[str] | None = None) -> int:
                                 0.02 if args.quick else 0.05)
         elif part == "peak":
             rows = bench_peak(rounds)
+        elif part == "kernels":
+            rows = bench_kernels(1024, 256, 0.9, rounds)
         elif part == "update":
             rows = bench_update(1024, 256, 0.9, rounds)
         else:
-            rows = bench_sb3(min(rounds, 3), args.quick)
+            rows = bench_sb3(min(rounds, 5), args.quick)
         _write_csv(rows, csv)
         write_atomic(args.out / f"{part}.md",
                      f"<!-- {started}, {args.threads} threads, {time.perf_counter() - t0:.0f}"
