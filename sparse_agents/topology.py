@@ -39,10 +39,28 @@ MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MASK_BUFFER = "weight_mask"
 GRAD_MASKING = ("step", "backward")
 COMPUTE = ("masked", "condensed", "auto")
-#: ``compute="auto"`` trains a layer condensed only from this many weights ...
-AUTO_MIN_WEIGHTS = 1 << 17
-#: ... and at most this density (docs/training.md, "When auto trains condensed")
+#: ``compute="auto"`` runs a layer's training products on the condensed kernels at
+#: most at this density, from ``AUTO_MIN_WEIGHTS`` weights at any batch size and from
+#: ``AUTO_MIN_WEIGHTS_LARGE_BATCH`` at batches of ``AUTO_LARGE_BATCH`` or more; other
+#: calls compute the dense product on the weight (docs/training.md, "When auto ...")
 AUTO_MAX_DENSITY = 0.2
+AUTO_MIN_WEIGHTS = 1 << 17
+AUTO_MIN_WEIGHTS_LARGE_BATCH = 1 << 16
+AUTO_LARGE_BATCH = 128
+#: ... and, at those batch sizes, layers below this many weights whenever another layer
+#: of the same topology runs on the kernels (the network then stays on the transposed
+#: layout and one thread pool: measured faster on SAC, docs/training.md)
+AUTO_SMALL_LAYER = 1 << 15
+
+
+def auto_kernels(weights: int, active: int, batch: int) -> bool:
+    """``compute="auto"``'s rule: whether the condensed kernels compute a training batch
+    of ``batch`` samples for a layer of ``weights`` weights, ``active`` of them active
+    (measured: ``scripts/bench_training.py --parts layers``, docs/training.md)."""
+    if active > AUTO_MAX_DENSITY * weights:
+        return False
+    return weights >= AUTO_MIN_WEIGHTS or (weights >= AUTO_MIN_WEIGHTS_LARGE_BATCH
+                                          and batch >= AUTO_LARGE_BATCH)
 
 
 @dataclass
@@ -280,6 +298,15 @@ class SparseTopology:
             initial masks; ``"fan_in"`` or ``"fan_avg"`` rescales them to the fans each
             unit really has (:mod:`sparse_agents.sparse_init`; Graesser et al.'s RL
             runs: ``"fan_avg"``). Masks given by ``masks`` are never rescaled.
+        compute: ``"masked"`` computes every layer densely under its mask;
+            ``"condensed"`` trains every masked ``nn.Linear`` on its active weights only
+            (forward, both gradients and the optimizer step; :mod:`sparse_agents.compute`;
+            convolutions stay masked); ``"auto"`` (CPU float32 linear layers; masked
+            elsewhere) steps only the active weights and computes each training batch on
+            the condensed kernels where :func:`auto_kernels` says they measured faster,
+            else with the dense product on the weight. Condensed layers mask gradients
+            in backward whatever ``grad_masking`` says (clipping sees the sparse
+            gradient); see docs/training.md.
     """
 
     def __init__(
@@ -555,11 +582,20 @@ class SparseTopology:
                     "RAdam, Rprop, ASGD, Adadelta)")
         return None
 
-    def _wants_condensed(self, layer: MaskedLayer) -> bool:
-        """``compute="auto"``'s rule for a layer that can train condensed."""
-        w = layer.weight
-        return (numba_supports(w) and w.numel() >= AUTO_MIN_WEIGHTS
-                and layer.budget <= AUTO_MAX_DENSITY * w.numel())
+    def _kernel_rule(self, layer: MaskedLayer):
+        """``None`` (the kernels compute every batch) for ``"condensed"``; for ``"auto"``
+        the batches :func:`auto_kernels` gives the kernels."""
+        if self.compute == "condensed":
+            return None
+        weights, active = layer.weight.numel(), layer.budget
+        others = [(x.weight.numel(), x.budget) for x in self.layers if x is not layer]
+
+        def rule(batch: int) -> bool:
+            if auto_kernels(weights, active, batch):
+                return True
+            return (batch >= AUTO_LARGE_BATCH and weights < AUTO_SMALL_LAYER
+                    and any(auto_kernels(w, a, batch) for w, a in others))
+        return rule
 
     def _install_condensed(self, optimizer: torch.optim.Optimizer) -> None:
         if self.compute == "masked":
@@ -572,14 +608,16 @@ class SparseTopology:
                     raise ValueError(f"compute='condensed' cannot train {layer.name!r}: "
                                      f"{why}; use compute='masked' or 'auto'")
                 continue
-            if self.compute == "condensed" or self._wants_condensed(layer):
-                chosen.append(layer)
+            if self.compute == "condensed" or (numba_supports(layer.weight)
+                                               and self._kernel_rule(layer)(1 << 30)):
+                chosen.append(layer)  # auto: only layers the kernels compute at some batch
         if not chosen:
             return
         self._binding = OptimizerBinding(optimizer)
         for layer in chosen:
             weight = layer.weight
-            ct = CondensedLinearTraining(layer.module, layer.mask, mask_name=MASK_BUFFER)
+            ct = CondensedLinearTraining(layer.module, layer.mask, mask_name=MASK_BUFFER,
+                                         kernels_for=self._kernel_rule(layer))
             ct.on_load = self._on_module_load
             ct.install()
             self._binding.bind(ct, weight)

@@ -218,17 +218,42 @@ def test_dense_gradient_is_computed_only_before_update_steps(monkeypatch):
     assert topo.n_updates == 2
 
 
-def test_auto_trains_condensed_only_large_sparse_cpu_linear_layers():
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 512), nn.ReLU(),
+def test_auto_runs_the_kernels_only_where_they_measured_faster():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 256), nn.ReLU(),
+                          nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(),
                           nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 4))
     opt = torch.optim.Adam(model.parameters())
     topo = sa.SparseTopology(model, opt, sparsity=0.9, updater="srigl", compute="auto")
-    expected = [x.name for x in topo.layers if x.weight.numel() >= 1 << 17
-                and x.budget <= 0.2 * x.weight.numel()]
-    assert expected == ["4.weight"]
-    assert topo.condensed_layers == expected
+    assert topo.condensed_layers == [x.name for x in topo.layers]  # CPU float32: all
+    kernels = {x.module_name: [b for b in (1, 32, 127, 128, 256)
+                               if x.condensed.use_kernels(b)] for x in topo.layers}
+    density = {x.module_name: x.budget / x.weight.numel() for x in topo.layers}
+    assert density["4"] <= 0.2 and density["8"] <= 0.2
+    assert kernels["8"] == [1, 32, 127, 128, 256]  # 2^18 weights: every batch
+    assert kernels["4"] == [128, 256]  # 2^16 weights: large batches only
+    # small layers: the dense product, except at large batches next to kernel layers
+    assert kernels["0"] == kernels["2"] == kernels["10"] == [128, 256]
+    # a network the kernels never compute stays masked (no per-call overhead)
+    small = sa.SparseTopology(mlp([8, 64, 64, 4]), None, sparsity=0.9, compute="auto")
+    small.attach(torch.optim.Adam(small.model.parameters()))
+    assert small.condensed_layers == []
     masked = sa.SparseTopology(mlp([8, 512, 512, 4]), None, compute="masked")
+    masked.attach(torch.optim.Adam(masked.model.parameters()))
     assert masked.condensed_layers == []
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_auto_on_small_layers_is_bit_identical_to_masked(optimizer):
+    """Where auto computes the dense product on the weight (here: batch 16, a 256x256
+    layer the kernels compute from batch 128), the run is the masked run: the same
+    products, and an element-wise optimizer on the active entries only."""
+    masked = train("masked", [8, 256, 256, 4], 0.9, "rigl", optimizer, steps=6)
+    auto = train("auto", [8, 256, 256, 4], 0.9, "rigl", optimizer, steps=6)
+    assert auto[4].condensed_layers == [x.name for x in auto[4].layers]
+    assert not any(x.condensed.use_kernels(16) for x in auto[4].layers)
+    assert masked[0] == auto[0]
+    for key, value in masked[2].items():
+        assert torch.equal(value, auto[2][key]), key
 
 
 def test_condensed_refuses_what_it_cannot_train():

@@ -132,6 +132,38 @@ class _LinearFunction(torch.autograd.Function):
         return dx, dvalues, dbias, None
 
 
+class _DenseLinearFunction(torch.autograd.Function):
+    """The same layer computed with the dense weight (kept up to date from the values):
+    the masked layer's products, the gradient read at the active entries. For the
+    batches where the kernels do not pay; the optimizer still steps the values only."""
+
+    @staticmethod
+    def forward(ctx, x2: Tensor, values: Tensor, bias: Tensor | None,
+                layer: CondensedLinearTraining) -> Tensor:
+        weight = layer.module.weight.detach()
+        x = x2.detach()
+        ctx.save_for_backward(x, weight)
+        ctx.structure = layer.structure
+        ctx.layer = layer
+        return torch.nn.functional.linear(x, weight, None if bias is None else bias.detach())
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        x, weight = ctx.saved_tensors
+        s, layer = ctx.structure, ctx.layer
+        dx = dvalues = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = gy @ weight
+        if ctx.needs_input_grad[1]:
+            dense = gy.t() @ x
+            if layer.want_dense_grad and s is layer.structure:
+                layer.keep_dense_grad(dense, layer.values)
+            dvalues = dense.reshape(-1)[s.flat]
+        if ctx.needs_input_grad[2]:
+            dbias = gy.sum(0)
+        return dx, dvalues, dbias, None
+
+
 def swap_param(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor) -> bool:
     """Put ``new`` where ``old`` is in the optimizer's param groups (same position)."""
     for group in optimizer.param_groups:
@@ -162,16 +194,22 @@ class CondensedLinearTraining:
         module: the layer (a plain ``nn.Linear`` with a trainable ``weight``).
         mask: its bool mask ``[out, in]`` (the weights outside it are 0).
         mask_name: the module's mask buffer, read again after ``load_state_dict``.
+        kernels_for: ``batch -> bool``, the batches the kernels compute in training
+            (``None``: all); the others use the dense product on the dense weight.
         impl: ``"numba"``, ``"torch"``, or ``None`` (numba where it runs, else torch).
     """
 
     def __init__(self, module: nn.Linear, mask: Tensor, impl: str | None = None, *,
-                 mask_name: str = "weight_mask") -> None:
+                 mask_name: str = "weight_mask",
+                 kernels_for: Callable[[int], bool] | None = None) -> None:
         if impl is not None and impl not in K.IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {K.IMPLEMENTATIONS} or None, got {impl!r}")
         self.module = module
         self.impl = impl
         self.mask_name = mask_name
+        #: batch -> whether the kernels compute it (``None``: always; else the dense
+        #: product on the up-to-date weight, as a masked layer, for the other batches)
+        self.kernels_for: Callable[[int], bool] | None = kernels_for
         self.structure = Structure.from_mask(mask)
         weight = module.weight
         self.values = nn.Parameter(weight.detach().reshape(-1)[self.structure.flat].clone(),
@@ -256,15 +294,25 @@ class CondensedLinearTraining:
         x2 = input.reshape(-1, input.shape[-1]) if input.dim() != 2 else input
         if torch.is_grad_enabled() and (input.requires_grad or values.requires_grad
                                         or (bias is not None and bias.requires_grad)):
-            y = _LinearFunction.apply(x2, values, bias, self)
-        elif x2.shape[0] <= K.ROWS_MAX_BATCH and self.weight_is_current():
-            # a few samples (predict, rollouts): the dense product on the up-to-date
-            # weight costs less than a kernel call, and is exactly the masked layer's
+            if self.use_kernels(x2.shape[0]) or not self.weight_is_current():
+                y = _LinearFunction.apply(x2, values, bias, self)
+            else:
+                y = _DenseLinearFunction.apply(x2, values, bias, self)
+        elif self.weight_is_current() and (x2.shape[0] <= K.ROWS_MAX_BATCH
+                                           or not self.use_kernels(x2.shape[0])):
+            # a few samples (predict, rollouts), or a batch the kernels do not pay for:
+            # the dense product on the up-to-date weight, exactly the masked layer's
             return torch.nn.functional.linear(input, module.weight, bias)
         else:
             y = self._forward_no_grad(x2, values.detach(),
                                       None if bias is None else bias.detach())
         return y if input.dim() == 2 else y.reshape(*lead, y.shape[-1])
+
+    def use_kernels(self, batch: int) -> bool:
+        """Whether a training forward of ``batch`` samples runs the condensed kernels
+        (``kernels_for``; ``None``: always) or the dense product on the weight."""
+        rule = self.kernels_for
+        return True if rule is None else bool(rule(batch))
 
     def _forward_no_grad(self, x2: Tensor, values: Tensor, bias: Tensor | None) -> Tensor:
         s = self.structure
