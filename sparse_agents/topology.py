@@ -20,6 +20,7 @@ from sparse_agents.compute import (
     OptimizerBinding,
     check_elementwise_optimizer,
 )
+from sparse_agents.compute.auto import AutoKernels
 from sparse_agents.compute.kernels import numba_supports
 from sparse_agents.compute.optim import release
 from sparse_agents.distributions import (
@@ -39,28 +40,6 @@ MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MASK_BUFFER = "weight_mask"
 GRAD_MASKING = ("step", "backward")
 COMPUTE = ("masked", "condensed", "auto")
-#: ``compute="auto"`` runs a layer's training products on the condensed kernels at
-#: most at this density, from ``AUTO_MIN_WEIGHTS`` weights at any batch size and from
-#: ``AUTO_MIN_WEIGHTS_LARGE_BATCH`` at batches of ``AUTO_LARGE_BATCH`` or more; other
-#: calls compute the dense product on the weight (docs/training.md, "When auto ...")
-AUTO_MAX_DENSITY = 0.2
-AUTO_MIN_WEIGHTS = 1 << 17
-AUTO_MIN_WEIGHTS_LARGE_BATCH = 1 << 16
-AUTO_LARGE_BATCH = 128
-#: ... and, at those batch sizes, layers below this many weights whenever another layer
-#: of the same topology runs on the kernels (the network then stays on the transposed
-#: layout and one thread pool: measured faster on SAC, docs/training.md)
-AUTO_SMALL_LAYER = 1 << 15
-
-
-def auto_kernels(weights: int, active: int, batch: int) -> bool:
-    """``compute="auto"``'s rule: whether the condensed kernels compute a training batch
-    of ``batch`` samples for a layer of ``weights`` weights, ``active`` of them active
-    (measured: ``scripts/bench_training.py --parts layers``, docs/training.md)."""
-    if active > AUTO_MAX_DENSITY * weights:
-        return False
-    return weights >= AUTO_MIN_WEIGHTS or (weights >= AUTO_MIN_WEIGHTS_LARGE_BATCH
-                                          and batch >= AUTO_LARGE_BATCH)
 
 
 @dataclass
@@ -303,7 +282,7 @@ class SparseTopology:
             (forward, both gradients and the optimizer step; :mod:`sparse_agents.compute`;
             convolutions stay masked); ``"auto"`` (CPU float32 linear layers; masked
             elsewhere) steps only the active weights and computes each training batch on
-            the condensed kernels where :func:`auto_kernels` says they measured faster,
+            the condensed kernels where :mod:`sparse_agents.compute.auto` says they measured faster,
             else with the dense product on the weight. Condensed layers mask gradients
             in backward whatever ``grad_masking`` says (clipping sees the sparse
             gradient); see docs/training.md.
@@ -584,18 +563,12 @@ class SparseTopology:
 
     def _kernel_rule(self, layer: MaskedLayer):
         """``None`` (the kernels compute every batch) for ``"condensed"``; for ``"auto"``
-        the batches :func:`auto_kernels` gives the kernels."""
+        the batches :class:`~sparse_agents.compute.auto.AutoKernels` gives the kernels."""
         if self.compute == "condensed":
             return None
-        weights, active = layer.weight.numel(), layer.budget
-        others = [(x.weight.numel(), x.budget) for x in self.layers if x is not layer]
-
-        def rule(batch: int) -> bool:
-            if auto_kernels(weights, active, batch):
-                return True
-            return (batch >= AUTO_LARGE_BATCH and weights < AUTO_SMALL_LAYER
-                    and any(auto_kernels(w, a, batch) for w, a in others))
-        return rule
+        return AutoKernels(layer.weight.numel(), layer.budget,
+                           tuple((x.weight.numel(), x.budget) for x in self.layers
+                                 if x is not layer))
 
     def _install_condensed(self, optimizer: torch.optim.Optimizer) -> None:
         if self.compute == "masked":

@@ -386,3 +386,19 @@ def test_bench_training_writes_its_parts_atomically_and_skips_them_when_done(tmp
     assert (tmp_path / "layers.csv").stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="--sizes takes N or OUTxIN"):
         bench.parse_shape("12x")
+
+
+def test_a_whole_model_pickles_and_trains_condensed_after_loading(tmp_path):
+    """``torch.save(model)`` of a model under ``compute="auto"`` (its layers carry the
+    rule and the kernels' structure) loads and computes what it did."""
+    model = mlp([16, 512, 512, 4])
+    opt = torch.optim.Adam(model.parameters())
+    topo = sa.SparseTopology(model, opt, sparsity=0.9, updater="rigl", compute="auto")
+    assert topo.condensed_layers
+    x = torch.randn(200, 16)
+    model(x).sum().backward()
+    opt.step()
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert condensed_linear(loaded[2]).module is loaded[2]

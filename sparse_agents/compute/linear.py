@@ -225,6 +225,10 @@ class CondensedLinearTraining:
         #: hook); ``None``: re-read the values from the loaded weight
         self.on_load: Callable[[CondensedLinearTraining], None] | None = None
 
+    def __getstate__(self) -> dict:
+        """Pickled (``torch.save`` of a whole model) without its owner's load hook."""
+        return {**self.__dict__, "on_load": None, "dense_grad": None}
+
     def __deepcopy__(self, memo) -> CondensedLinearTraining:
         """A copy of the module trains condensed on its own values, with no owner."""
         new = copy.copy(self)
