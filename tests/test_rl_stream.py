@@ -144,3 +144,26 @@ def test_train_stream_argument_errors():
         train_stream("cartpole-physics", n_tasks=9, steps_per_task=8)
     with pytest.raises(ValueError, match="steps_per_task must be an integer >= 1"):
         train_stream("cartpole-physics", steps_per_task=0)
+
+
+def test_per_task_policy_applies_lr_scale_and_the_fused_adam_default():
+    """Every sparse option reaches the per-task policy: one optimizer step with
+    lr_scale=2 moves its weights about twice as far as with lr_scale=1."""
+    stream = envs.get_stream("cartpole-physics")
+    moved = {}
+    for scale in (1.0, 2.0):
+        model = _agent(stream, lr_scale=scale)
+        policy = model.policy
+        assert policy.optimizer.defaults.get("fused") is True
+        policy.start_task(0)
+        before = [p.detach().clone() for p in policy.parameters()]
+        obs = torch.randn(32, 4)
+        actions = torch.randint(0, 2, (32,))
+        values, log_prob, _ = policy.evaluate_actions(obs, actions)
+        loss = -(log_prob.mean()) + values.pow(2).mean()
+        policy.optimizer.zero_grad()
+        loss.backward()
+        policy.optimizer.step()
+        moved[scale] = sum(float((p.detach() - b).abs().sum())
+                           for p, b in zip(policy.parameters(), before, strict=True))
+    assert moved[2.0] / moved[1.0] == pytest.approx(2.0, rel=0.05)

@@ -737,11 +737,21 @@ class SparsePolicyMixin:
         self.optimizer_kwargs = fused_optimizer_kwargs(self.optimizer_class,
                                                        self.optimizer_kwargs)
         super()._build(*args, **kwargs)
-        runtime = SparseRuntime(self, self._sparse_options)
-        runtime.build(self)
+        runtime = self._make_runtime()
         for _, optimizer in _optimizers(self):
             scale_learning_rate(optimizer, self._sparse_options["lr_scale"])
         self._sparse = runtime
+        self._keep_state(runtime)
+
+    def _make_runtime(self) -> SparseRuntime:
+        """The topologies of the built networks (a subclass may build them otherwise,
+        e.g. per-task masks), in a runtime."""
+        runtime = SparseRuntime(self, self._sparse_options)
+        runtime.build(self)
+        return runtime
+
+    def _keep_state(self, runtime: SparseRuntime) -> None:
+        """What a checkpoint carries of the runtime, and the condensed rollout copy."""
         self.sparse_state = TopologyState(runtime)
         if self._sparse_options["condensed_rollout"]:
             from sparse_agents.sb3.rollout import CondensedRollout

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from stable_baselines3.common.policies import ActorCriticPolicy
-
 from sparse_agents.sb3.mixin import SparseRuntime, default_heads, input_patterns
 from sparse_agents.sb3.policies import SparseActorCriticPolicy
 from sparse_agents.task_masks import TaskMasks
@@ -68,10 +66,9 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
         self.task_masks = None
         super().__init__(*args, **kwargs)
 
-    def _build(self, lr_schedule) -> None:
-        # the networks and the optimizer, without SparsePolicyMixin's own topology:
-        # TaskMasks owns the one topology of the per-task masks
-        ActorCriticPolicy._build(self, lr_schedule)
+    def _make_runtime(self) -> SparseRuntime:
+        # TaskMasks owns the one topology of the per-task masks (SparsePolicyMixin's
+        # _build does the rest: fused Adam by default, lr_scale)
         opts = self._sparse_options
         topts = self._task_options
         trained = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
@@ -94,10 +91,12 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
             schedule=opts["schedule"], gamma_sal=opts["gamma_sal"],
             output_layers=output_layers, grad_masking="backward", compute=opts["compute"],
             **dict(opts["topology_kwargs"] or {}))
-        # the mixin's runtime (t_end from learn(), sparse/ metrics) over that topology;
-        # no ``sparse_state``: TaskMasks' own state (owners, masks, per-task state)
-        # is what a checkpoint needs
-        self._sparse = SparseRuntime(self, opts, topologies={"policy": self.task_masks.topology})
+        # the mixin's runtime (t_end from learn(), sparse/ metrics) over that topology
+        return SparseRuntime(self, opts, topologies={"policy": self.task_masks.topology})
+
+    def _keep_state(self, runtime: SparseRuntime) -> None:
+        """No ``sparse_state``: TaskMasks' own state (owners, masks, per-task state) is
+        what a checkpoint needs; ``condensed_rollout`` is refused at construction."""
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
