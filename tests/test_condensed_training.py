@@ -402,3 +402,16 @@ def test_a_whole_model_pickles_and_trains_condensed_after_loading(tmp_path):
     loaded = torch.load(tmp_path / "model.pt", weights_only=False)
     torch.testing.assert_close(loaded(x), model(x))
     assert condensed_linear(loaded[2]).module is loaded[2]
+
+
+def test_condense_and_flops_read_a_model_that_trains_condensed():
+    model = mlp([16, 256, 256, 4])
+    opt = torch.optim.Adam(model.parameters())
+    topo = sa.SparseTopology(model, opt, sparsity=0.9, updater="srigl", compute="condensed")
+    model(torch.randn(8, 16)).sum().backward()
+    opt.step()
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(sa.condense(model)(x), model(x))
+    active = sum(int(x.mask.sum()) for x in topo.layers)
+    assert sa.flops(model, (16,)).sparse == pytest.approx(2 * active + 2 * sum(
+        m.bias.numel() for m in model if isinstance(m, nn.Linear)), rel=0.05)
