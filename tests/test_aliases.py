@@ -194,3 +194,15 @@ def test_trpo_line_search_keeps_weights_outside_masks_at_zero():
         assert not layer.weight.detach()[~layer.mask].any(), layer.module_name
     # SET (no gradient needed) moves the actor's layers too
     assert not torch.equal(before["action_net"], model.policy.topology.masks["action_net.weight"])
+
+
+@pytest.mark.parametrize("alias", ["SparseMlpPolicy", "SparseCnnPolicy"])
+def test_dict_observations_get_sb3s_multi_input_hint(alias):
+    """SB3 answers "MlpPolicy" on a Dict space with a ValueError naming
+    MultiInputPolicy; the sparse aliases answer the same way (issue 35, item 3)."""
+    from stable_baselines3.common.envs import BitFlippingEnv
+
+    with pytest.raises(ValueError, match="You must use `SparseMultiInputPolicy`.*" + alias):
+        PPO(alias, BitFlippingEnv(n_bits=4), n_steps=8)
+    model = PPO("SparseMultiInputPolicy", BitFlippingEnv(n_bits=4), n_steps=8, batch_size=8)
+    model.learn(8)

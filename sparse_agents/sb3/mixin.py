@@ -44,8 +44,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces as gym_spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 from torch import nn
 
 from sparse_agents.compute import CondensedLinearTraining, condensed_linear
@@ -693,6 +695,30 @@ def calling_algorithm(policy: nn.Module, frame, depth: int = 4
     return None, from_training
 
 
+def _refuse_dict_observations(cls: type, args: tuple, kwargs: dict) -> None:
+    """SB3's hint for a Dict observation space on an Mlp/Cnn policy (SB3 gives it only
+    for the strings "MlpPolicy" and "CnnPolicy"): a ``ValueError`` naming the
+    ``SparseMultiInputPolicy`` alias instead of an error deep inside the extractor."""
+    space = kwargs.get("observation_space", args[0] if args else None)
+    if not isinstance(space, gym_spaces.Dict):
+        return
+    extractor = kwargs.get("features_extractor_class")
+    if extractor is None:
+        for klass in cls.__mro__:
+            if klass.__init__ is SparsePolicyMixin.__init__:
+                continue
+            param = inspect.signature(klass.__init__).parameters.get(
+                "features_extractor_class")
+            if param is not None:
+                extractor = param.default
+                break
+    plain = {FlattenExtractor: "SparseMlpPolicy", NatureCNN: "SparseCnnPolicy"}
+    if extractor in plain:
+        raise ValueError("You must use `SparseMultiInputPolicy` when working with dict "
+                         f"observation space, not {plain[extractor]} (a {cls.__name__} "
+                         f"with {extractor.__name__})")
+
+
 class SparsePolicyMixin:
     """Mix into an SB3 policy class (first base) to train it sparse. See the module
     docstring; options (``policy_kwargs``) and defaults are :func:`defaults_for` the
@@ -730,6 +756,7 @@ class SparsePolicyMixin:
     def __init__(self, *args, **kwargs) -> None:
         opts = {k: kwargs.pop(k, v) for k, v in defaults_for(type(self)).items()}
         self._sparse_options = _check_options(opts)
+        _refuse_dict_observations(type(self), args, kwargs)
         self._sparse: SparseRuntime | None = None
         super().__init__(*args, **kwargs)
 
