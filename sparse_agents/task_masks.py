@@ -14,10 +14,10 @@ from torch import Tensor, nn
 
 from sparse_agents.distributions import check_sparsity, kept_counts, layer_densities
 from sparse_agents.topology import (
-    COMPUTE,
     MASK_BUFFER,
     MaskedLayer,
     SparseTopology,
+    check_compute,
     find_maskable,
     select_layers,
 )
@@ -73,10 +73,7 @@ def _check_options(overflow: str, transfer: bool, n_tasks: int | None,
         raise ValueError(f"transfer must be True or False, got {transfer!r}")
     for key in ("optimizer", "sparsity", "updater", "distribution", "seed"):
         topology_kwargs.pop(key, None)
-    compute = topology_kwargs.pop("compute", "auto")
-    if compute not in COMPUTE:
-        raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
-    if compute == "condensed":
+    if check_compute(topology_kwargs.pop("compute", "auto")) == "condensed":
         raise ValueError("compute='condensed' is not supported with per-task masks: the "
                          "frozen weights of earlier tasks take part in every forward, so "
                          "the layers train masked; use compute='auto' or 'masked'")

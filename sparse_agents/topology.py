@@ -8,6 +8,7 @@ import dataclasses
 import math
 import numbers
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,13 @@ MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MASK_BUFFER = "weight_mask"
 GRAD_MASKING = ("step", "backward")
 COMPUTE = ("masked", "condensed", "auto")
+
+
+def check_compute(compute: object) -> str:
+    """``compute`` if it is one of :data:`COMPUTE`, else a ``ValueError`` naming it."""
+    if compute not in COMPUTE:
+        raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
+    return compute
 
 
 @dataclass
@@ -315,9 +323,7 @@ class SparseTopology:
         compute: str = "auto",
     ) -> None:
         self._check_choices(distribution, schedule, grad_masking, seed)
-        if compute not in COMPUTE:
-            raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
-        self.compute = compute
+        self.compute = check_compute(compute)
         self._binding: OptimizerBinding | None = None
         self.sparse_init = check_sparse_init(sparse_init)
         self.sparsity = check_sparsity(sparsity)
@@ -545,15 +551,16 @@ class SparseTopology:
         self.optimizer = None
 
     # ------------------------------------------------------------------ compute
-    def _condensable(self, layer: MaskedLayer, optimizer: torch.optim.Optimizer) -> str | None:
-        """Why ``layer`` cannot train condensed under ``optimizer`` (``None``: it can)."""
+    def _condensable(self, layer: MaskedLayer, optimizer: torch.optim.Optimizer,
+                     tied: set[int]) -> str | None:
+        """Why ``layer`` cannot train condensed under ``optimizer`` (``None``: it can);
+        ``tied``: ids of the weights more than one module uses."""
         module = layer.module
         if type(module) is not nn.Linear:
             return f"{type(module).__name__} layers train masked"
         if layer.frozen is not None:
             return "it has frozen entries (per-task masks)"
-        uses = [m for _, m in find_maskable(self.model) if m.weight is layer.weight]
-        if len(uses) > 1:
+        if id(layer.weight) in tied:
             return "its weight is tied to another module"
         if not check_elementwise_optimizer(optimizer):
             return (f"optimizer {type(optimizer).__name__} is not elementwise (condensed "
@@ -573,24 +580,27 @@ class SparseTopology:
     def _install_condensed(self, optimizer: torch.optim.Optimizer) -> None:
         if self.compute == "masked":
             return
+        uses = Counter(id(m.weight) for _, m in find_maskable(self.model))
+        tied = {w for w, n in uses.items() if n > 1}
         chosen = []
         for layer in self.layers:
-            why = self._condensable(layer, optimizer)
+            why = self._condensable(layer, optimizer, tied)
             if why is not None:
                 if self.compute == "condensed" and type(layer.module) is nn.Linear:
                     raise ValueError(f"compute='condensed' cannot train {layer.name!r}: "
                                      f"{why}; use compute='masked' or 'auto'")
                 continue
-            if self.compute == "condensed" or (numba_supports(layer.weight)
-                                               and self._kernel_rule(layer)(1 << 30)):
-                chosen.append(layer)  # auto: only layers the kernels compute at some batch
+            rule = self._kernel_rule(layer)
+            # auto: only layers the kernels compute at some batch size
+            if rule is None or (numba_supports(layer.weight) and rule(1 << 30)):
+                chosen.append((layer, rule))
         if not chosen:
             return
         self._binding = OptimizerBinding(optimizer)
-        for layer in chosen:
+        for layer, rule in chosen:
             weight = layer.weight
             ct = CondensedLinearTraining(layer.module, layer.mask, mask_name=MASK_BUFFER,
-                                         kernels_for=self._kernel_rule(layer))
+                                         kernels_for=rule)
             ct.on_load = self._on_module_load
             ct.install()
             self._binding.bind(ct, weight)
@@ -810,9 +820,9 @@ class SparseTopology:
         self._remask_state(layers)
 
     def _remask_state(self, layers: Sequence[MaskedLayer] | None = None) -> None:
-        # a condensed layer's weight is not in the optimizer (its values are, all active)
         """Reset the optimizer state of inactive entries (moments to 0, step sizes to
-        their initial value; see :mod:`sparse_agents.optim_state`)."""
+        their initial value; see :mod:`sparse_agents.optim_state`). A condensed layer's
+        weight is not in the optimizer (its values are, all active): nothing to reset."""
         for layer in self.layers if layers is None else layers:
             reset_state(self.optimizer, layer.weight, layer.mask)
 
@@ -895,17 +905,15 @@ class SparseTopology:
             layer.condensed.sync_weight()
         layer.mask.copy_(new)
         keep = old & new  # entries whose value and state survive the update
-        if layer.condensed is not None:
-            layer.weight.mul_(keep)
-            layer.condensed.restructure(new, keep, self.optimizer)
-            layer.ever_active |= new
-            return
         layer.weight.mul_(keep)
-        if layer.frozen_values is not None:
-            layer.weight.add_(layer.frozen_values)
-        if layer.weight.grad is not None and self.grad_masking == "backward":
-            layer.weight.grad.mul_(new)
-        reset_state(self.optimizer, layer.weight, keep)
+        if layer.condensed is not None:  # values, gradient and state follow the structure
+            layer.condensed.restructure(new, keep, self.optimizer)
+        else:
+            if layer.frozen_values is not None:
+                layer.weight.add_(layer.frozen_values)
+            if layer.weight.grad is not None and self.grad_masking == "backward":
+                layer.weight.grad.mul_(new)
+            reset_state(self.optimizer, layer.weight, keep)
         layer.ever_active |= new
 
     # ------------------------------------------------------------------ metrics

@@ -27,7 +27,7 @@ from sparse_agents.compute import kernels as K
 from sparse_agents.optim_state import reset_value
 
 __all__ = ["VALUES", "CondensedLinearTraining", "Structure", "check_elementwise_optimizer",
-           "condensed_linear"]
+           "condensed_linear", "map_state", "swap_param"]
 
 #: the name of the compact trainable parameter on a condensed module
 VALUES = "weight_values"
@@ -162,6 +162,13 @@ class _DenseLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             dbias = gy.sum(0)
         return dx, dvalues, dbias, None
+
+
+def map_state(entry: dict, shape: torch.Size, fn: Callable[[str, Tensor], Tensor]) -> dict:
+    """An optimizer state entry with ``fn(key, value)`` applied to its tensors of
+    ``shape`` (the per-weight state; scalars such as Adam's ``step`` pass through)."""
+    return {k: fn(k, v) if torch.is_tensor(v) and v.shape == shape else v
+            for k, v in entry.items()}
 
 
 def swap_param(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor) -> bool:
@@ -412,15 +419,13 @@ class CondensedLinearTraining:
         values = self.values
 
         def remap(t: Tensor, fill: float) -> Tensor:
-            dense = torch.full((weight.numel(),), fill, dtype=t.dtype, device=t.device)
-            dense[old.flat] = t
+            dense = self.dense_state(t, fill).view(-1)  # still on the old structure
             dense[~keep_flat] = fill
             return dense[new.flat]
 
-        state = optimizer.state.get(values) if optimizer is not None else None
-        state = {key: remap(value, reset_value(optimizer, values, key))
-                 if torch.is_tensor(value) and value.shape == values.shape else value
-                 for key, value in (state or {}).items()}
+        entry = optimizer.state.get(values, {}) if optimizer is not None else {}
+        state = map_state(entry, values.shape,
+                          lambda k, v: remap(v, reset_value(optimizer, values, k)))
         grad = None if values.grad is None else remap(values.grad, 0.0)
         fresh = weight.reshape(-1)[new.flat].to(values.dtype)
         if new.nnz == old.nnz:  # in place: the parameter (and autograd's view of it) stays

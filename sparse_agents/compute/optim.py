@@ -13,16 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparse_agents.compute.linear import CondensedLinearTraining, swap_param
+from sparse_agents.compute.linear import CondensedLinearTraining, map_state, swap_param
 from sparse_agents.optim_state import reset_value
 
 __all__ = ["OptimizerBinding", "release"]
-
-
-def _map_state(entry: dict, shape: torch.Size, fn) -> dict:
-    """``entry`` with ``fn(key, value)`` applied to its tensors of ``shape``."""
-    return {k: fn(k, v) if torch.is_tensor(v) and v.shape == shape else v
-            for k, v in entry.items()}
 
 
 def _index(optimizer: torch.optim.Optimizer) -> dict[int, int]:
@@ -45,7 +39,7 @@ def release(optimizer: torch.optim.Optimizer, layer: CondensedLinearTraining,
         return False
     state = optimizer.state.pop(values, None)
     if state:
-        optimizer.state[weight] = _map_state(
+        optimizer.state[weight] = map_state(
             state, values.shape,
             lambda k, v: layer.dense_state(v, reset_value(optimizer, weight, k)))
     return True
@@ -70,7 +64,7 @@ class OptimizerBinding:
             raise ValueError("the optimizer does not train this layer's weight")
         state = opt.state.pop(weight, None)
         if state:
-            opt.state[layer.values] = _map_state(state, weight.shape,
+            opt.state[layer.values] = map_state(state, weight.shape,
                                                  lambda k, v: layer.compact_state(v))
         self.layers.append(layer)
 
@@ -95,10 +89,10 @@ class OptimizerBinding:
         state = dict(state_dict["state"])
         for i, layer in self._bound().items():
             if state.get(i):
-                state[i] = (_map_state(state[i], layer.values.shape, lambda k, v, x=layer:
+                state[i] = (map_state(state[i], layer.values.shape, lambda k, v, x=layer:
                                        x.dense_state(v, reset_value(opt, x.values, k)))
                             if dense else
-                            _map_state(state[i], layer.module.weight.shape,
+                            map_state(state[i], layer.module.weight.shape,
                                        lambda k, v, x=layer: x.compact_state(v)))
         return {**state_dict, "state": state}
 

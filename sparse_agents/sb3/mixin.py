@@ -58,9 +58,9 @@ from sparse_agents.sb3.schedule import planned_optimizer_steps
 from sparse_agents.schedules import SCHEDULES, UpdateSchedule
 from sparse_agents.sparse_init import check_sparse_init
 from sparse_agents.topology import (
-    COMPUTE,
     MASK_BUFFER,
     SparseTopology,
+    check_compute,
     find_maskable,
     match_layer,
 )
@@ -175,8 +175,7 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
                          f"budget), got {opts['dense_input']!r}")
     check_sparse_init(opts["sparse_init"])
     opts["lr_scale"] = check_lr_scale(opts["lr_scale"])
-    if opts["compute"] not in COMPUTE:
-        raise ValueError(f"compute must be one of {COMPUTE}, got {opts['compute']!r}")
+    check_compute(opts["compute"])
     if opts["log_sparsity"] not in (True, False):
         raise ValueError(f"log_sparsity must be True or False, got {opts['log_sparsity']!r}")
     kw = opts["topology_kwargs"]
