@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from continual.backbones import BACKBONES
 from continual.experiment import ENGINES, OPTIMIZERS, STRATEGIES, run_experiment
 from continual.streams import STREAMS
+from sparse_agents.config import SparseConfig
 from sparse_agents.distributions import METHODS
 from sparse_agents.schedules import SCHEDULES
 from sparse_agents.updaters import updater_names
@@ -101,13 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               max_train_per_task=args.max_train_per_task)
     if args.backbone is not None:
         kw.update(backbone=args.backbone, width=args.width)
-    for key in ("delta_t", "drop_fraction", "schedule"):
-        if getattr(args, key) is not None:
-            kw[key] = getattr(args, key)
     run_args = dict(stream=args.stream, strategy=args.strategy, updater=args.updater,
                     sparsity=args.sparsity, distribution=args.distribution,
                     task_masks=args.task_masks, epochs=args.epochs, seed=args.seed,
                     n_tasks=args.n_tasks, out=args.out)
+    # the other topology options given (a flag left out keeps the runner's default)
+    kw.update({k: v for k, v in SparseConfig.pick(vars(args)).items()
+               if k not in run_args and v is not None})
     if args.no_progress:
         result = run_experiment(**run_args, **kw)
     else:

@@ -48,9 +48,8 @@ from torch import Tensor, nn
 from continual import backbones
 from continual.metrics import accuracy_matrix_from_avalanche, fwt, summarize
 from continual.streams import StreamData, TaskData, load_stream
-from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.config import SparseConfig
 from sparse_agents.experiments.results import write_matrix_outputs
-from sparse_agents.schedules import UpdateSchedule
 from sparse_agents.task_masks import TaskMasks
 from sparse_agents.topology import SparseTopology
 from sparse_agents.updaters import DENSE, get_updater, updater_names
@@ -118,13 +117,11 @@ def _optimizer(params, name: str, lr: float, weight_decay: float,
 
 
 # ---------------------------------------------------------------------- checks
-def _check_args(stream_data: StreamData, strategy: str, updater: str, distribution: str,
-                task_masks: bool, epochs: int, engine: str, optimizer: str) -> None:
+def _check_args(stream_data: StreamData, strategy: str, updater: str, task_masks: bool,
+                epochs: int, engine: str, optimizer: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     get_updater(updater, dense=True)
-    if distribution not in METHODS:
-        raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if optimizer not in OPTIMIZERS:
@@ -150,21 +147,17 @@ def _check_args(stream_data: StreamData, strategy: str, updater: str, distributi
                              "mixes tasks in a mini-batch; use naive or ewc")
 
 
-def _schedule(stream_data: StreamData, epochs: int, batch_size: int,
-              kw: dict) -> dict:
-    """DST schedule per task: ``delta_t`` ~ steps/8, ``t_end`` 0.75 of a task's steps."""
+def _schedule(config: SparseConfig, given: dict, stream_data: StreamData, epochs: int,
+              batch_size: int) -> SparseConfig:
+    """``config`` with the DST schedule per task: ``delta_t`` ~ steps/8 and ``t_end`` 0.75
+    of a task's steps, unless ``given``."""
     n = min(len(t.y_train) for t in stream_data.tasks)
     steps = epochs * math.ceil(n / batch_size)
-    delta_t = kw.pop("delta_t", None)
-    delta_t = max(1, steps // 8) if delta_t is None else delta_t
-    t_end = kw.pop("t_end", None)
-    t_end = max(int(delta_t) + 1, int(0.75 * steps)) if t_end is None else t_end
-    UpdateSchedule(delta_t, t_end)  # ValueError naming delta_t / t_end and their range
-    out = {"delta_t": int(delta_t), "t_end": int(t_end)}
-    for key in ("drop_fraction", "schedule", "gamma_sal", "grad_masking"):
-        if key in kw:
-            out[key] = kw.pop(key)
-    return out
+    delta_t = given.get("delta_t")
+    delta_t = max(1, steps // 8) if delta_t is None else int(delta_t)
+    t_end = given.get("t_end")
+    t_end = max(delta_t + 1, int(0.75 * steps)) if t_end is None else int(t_end)
+    return config.replace(delta_t=delta_t, t_end=t_end)
 
 
 def _mask_metrics(source: TaskMasks | SparseTopology | None) -> dict[str, float]:
@@ -193,28 +186,26 @@ def _accuracy(model: nn.Module, task: TaskData, multi_head: bool, batch: int = 2
     return correct / max(1, len(task.y_test))
 
 
-def _run_torch(data: StreamData, *, updater: str, sparsity: float, distribution: str,
-               task_masks: bool, epochs: int, seed: int, batch_size: int, hidden: int,
-               backbone: str | None, width: float, opt_args: dict, dst: dict,
-               transfer: bool, overflow: str, progress: Progress | None,
-               device: str) -> tuple[np.ndarray, dict, np.ndarray]:
+def _run_torch(data: StreamData, *, config: SparseConfig | None, task_masks: bool,
+               epochs: int, seed: int, batch_size: int, hidden: int, backbone: str | None,
+               width: float, opt_args: dict, transfer: bool, overflow: str,
+               progress: Progress | None, device: str) -> tuple[np.ndarray, dict, np.ndarray]:
     """``R``, mask metrics and ``nxt``: ``nxt[j]`` the accuracy on task ``j`` just before
-    training it (after task ``j - 1``; NaN for ``j = 0``)."""
+    training it (after task ``j - 1``; NaN for ``j = 0``). ``config``: the topology
+    options (``None``: dense)."""
     torch.manual_seed(seed)
     model = build_model(data, backbone, hidden, width).to(device)
     multi = data.task_incremental
     dense_heads = [HEADS] if multi else [r"head"]
     tm: TaskMasks | None = None
     topo: SparseTopology | None = None
-    if updater != DENSE and task_masks:
-        tm = TaskMasks(model, sparsity, updater, distribution, transfer, seed,
-                       n_tasks=data.n_tasks, overflow=overflow, dense_layers=dense_heads,
-                       **dst)
+    if config is not None and task_masks:
+        tm = TaskMasks(model, transfer=transfer, n_tasks=data.n_tasks, overflow=overflow,
+                       config=config.replace(dense_layers=(*config.dense_layers, *dense_heads)))
     opt = _optimizer(model.parameters(), **opt_args)
-    if updater != DENSE and not task_masks:
-        topo = SparseTopology(model, opt, sparsity=sparsity, updater=updater,
-                              distribution=distribution, exclude_layers=dense_heads, seed=seed,
-                              **dst)
+    if config is not None and not task_masks:
+        topo = SparseTopology.from_config(model, opt, config.replace(
+            exclude_layers=(*config.exclude_layers, *dense_heads)))
     gen = torch.Generator().manual_seed(seed)
     T = data.n_tasks
     R = np.full((T, T), np.nan)
@@ -330,19 +321,18 @@ def _avalanche_model(data: StreamData, strategy: str, backbone: str | None, hidd
     return SingleHeadNet(body, features, data.n_classes), []
 
 
-def _sparse_plugin(data: StreamData, strategy: str, updater: str, sparsity: float,
-                   distribution: str, task_masks: bool, transfer: bool, overflow: str,
-                   seed: int, dst: dict):
+def _sparse_plugin(data: StreamData, strategy: str, config: SparseConfig | None,
+                   task_masks: bool, transfer: bool, overflow: str):
     """:class:`TaskMaskPlugin`, :class:`DSTPlugin` or None (dense, packnet)."""
     from sparse_agents.avalanche.plugins import DSTPlugin, TaskMaskPlugin
 
-    if strategy == "packnet" or updater == DENSE:
+    if strategy == "packnet" or config is None:
         return None
     if task_masks:
-        return TaskMaskPlugin(sparsity, updater, distribution, transfer, n_tasks=data.n_tasks,
-                              overflow=overflow, seed=seed, **dst)
-    dense = [] if data.task_incremental else ["head"]
-    return DSTPlugin(sparsity, updater, distribution, seed=seed, dense_layers=dense, **dst)
+        return TaskMaskPlugin(transfer=transfer, n_tasks=data.n_tasks, overflow=overflow,
+                              config=config)
+    dense = () if data.task_incremental else ("head",)
+    return DSTPlugin(config=config.replace(dense_layers=(*config.dense_layers, *dense)))
 
 
 def _progress_plugin(progress: Progress, total: int, n_tasks: int):
@@ -456,15 +446,15 @@ def _train_avalanche(strat, bm, data: StreamData, initial: nn.Module,
     return results, nxt, baseline
 
 
-def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: float,
-                   distribution: str, task_masks: bool, epochs: int, seed: int,
+def _run_avalanche(data: StreamData, *, strategy: str, sparsity: float,
+                   config: SparseConfig | None, task_masks: bool, epochs: int, seed: int,
                    batch_size: int, hidden: int, backbone: str | None, width: float,
-                   opt_args: dict, dst: dict, transfer: bool, overflow: str,
+                   opt_args: dict, transfer: bool, overflow: str,
                    progress: Progress | None, device: str,
                    kw: dict) -> tuple[np.ndarray, dict, np.ndarray, list[float], dict]:
     """``R``, mask metrics, ``nxt`` (as :func:`_run_torch`), the baseline (the engine's
     own untrained model per task, with the head each task's training starts from) and
-    Avalanche's stream metrics."""
+    Avalanche's stream metrics. ``sparsity``: PackNet's."""
     _import_avalanche()
     from avalanche.training.determinism.rng_manager import RNGManager
 
@@ -476,8 +466,7 @@ def _run_avalanche(data: StreamData, *, strategy: str, updater: str, sparsity: f
                                       sparsity)
     initial = copy.deepcopy(model)
     opt = _optimizer(model.parameters(), **opt_args)
-    sparse_plugin = _sparse_plugin(data, strategy, updater, sparsity, distribution,
-                                   task_masks, transfer, overflow, seed, dst)
+    sparse_plugin = _sparse_plugin(data, strategy, config, task_masks, transfer, overflow)
     if sparse_plugin is not None:
         plugins.append(sparse_plugin)
     if progress is not None:
@@ -539,9 +528,11 @@ def run_experiment(
             of ``mobilenetv2``/``slimresnet18``), ``hidden`` (256), ``optimizer``
             (adam/adamw/sgd), ``weight_decay`` (0),
             ``momentum`` (0.9, sgd), ``transfer`` (True), ``overflow`` ("raise" or
-            "shrink", task masks), ``delta_t``, ``t_end``, ``drop_fraction`` (the
-            prune fraction), ``schedule`` (its decay, e.g. ``"cosine"``), ``gamma_sal``,
-            ``ewc_lambda`` (100), ``mem_size`` (200),
+            "shrink", task masks), every other option of
+            :class:`~sparse_agents.SparseConfig` (e.g. ``delta_t``, default about a
+            task's steps / 8, ``t_end``, default 0.75 of a task's steps,
+            ``drop_fraction``: the prune fraction, ``schedule``: its decay, e.g.
+            ``"cosine"``, ``gamma_sal``), ``ewc_lambda`` (100), ``mem_size`` (200),
             ``data_root``, ``max_train_per_task``, ``shuffle_classes``, ``progress``
             (a callable ``(done, total, text)``).
 
@@ -559,7 +550,12 @@ def run_experiment(
     """
     start = time.perf_counter()
     kw = dict(kw)
-    sparsity = check_sparsity(sparsity)
+    given = SparseConfig.pick(kw)  # the topology options: one config
+    for key in given:
+        del kw[key]
+    config = SparseConfig.from_dict({"sparsity": sparsity, "distribution": distribution,
+                                     "seed": int(seed), **given})
+    sparsity = config.sparsity
     engine = kw.pop("engine", "auto")
     device = str(kw.pop("device", "cpu"))
     progress = kw.pop("progress", None)
@@ -581,11 +577,13 @@ def run_experiment(
                        max_train_per_task=kw.pop("max_train_per_task", None),
                        shuffle_classes=bool(kw.pop("shuffle_classes", False)))
     task_masks = bool(task_masks)
-    _check_args(data, strategy, updater, distribution, task_masks, epochs, engine,
-                opt_args["name"])
+    _check_args(data, strategy, updater, task_masks, epochs, engine, opt_args["name"])
     if strategy == "packnet":
         task_masks = False
-    dst = _schedule(data, epochs, batch_size, kw)
+    config = _schedule(config, given, data, epochs, batch_size)
+    # the schedule and the options given, as the result records them
+    dst = {"delta_t": config.delta_t, "t_end": config.t_end,
+           **{k: v for k, v in given.items() if k not in ("delta_t", "t_end")}}
     strategy_args = {"ewc_lambda": float(kw.pop("ewc_lambda", 100.0)),
                      "mem_size": int(kw.pop("mem_size", 200))}
     if kw:
@@ -596,10 +594,10 @@ def run_experiment(
     if engine == "torch" and strategy != "naive":
         raise ValueError(f"engine='torch' runs strategy='naive' only, got {strategy!r}: "
                          "use engine='avalanche'")
-    common = dict(updater=updater, sparsity=sparsity, distribution=distribution,
+    common = dict(config=None if updater == DENSE else config.replace(updater=updater),
                   task_masks=task_masks, epochs=int(epochs), seed=int(seed),
                   batch_size=batch_size, hidden=hidden, backbone=backbone, width=width,
-                  opt_args=opt_args, dst=dst, transfer=transfer, overflow=overflow,
+                  opt_args=opt_args, transfer=transfer, overflow=overflow,
                   progress=progress, device=device)
     extra: dict = {}
     if engine == "torch":
@@ -607,6 +605,7 @@ def run_experiment(
         R, masks, nxt = _run_torch(data, **common)
     else:
         R, masks, nxt, baseline, extra = _run_avalanche(data, strategy=strategy,
+                                                        sparsity=sparsity,
                                                         kw=strategy_args, **common)
     ahead = R.copy()
     for j in range(1, data.n_tasks):

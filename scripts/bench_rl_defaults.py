@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The RL-defaults sweep of docs/rl.md (sparse PPO on CartPole-v1, several update
+"""The RL-defaults sweep of docs/rl_benchmarks.md (sparse PPO on CartPole-v1, several update
 schedules and seeds), resumable:
 
     python scripts/bench_rl_defaults.py --timesteps 50000 --eval-freq 5000 \

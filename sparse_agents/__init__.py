@@ -4,6 +4,7 @@ This package is the framework-free core; ``sparse_agents.sb3`` and
 ``sparse_agents.avalanche`` adapt it to stable-baselines3 and Avalanche."""
 
 from sparse_agents.condensed import condense
+from sparse_agents.config import SparseConfig
 from sparse_agents.distributions import layer_densities
 from sparse_agents.flops import flops
 from sparse_agents.schedules import UpdateSchedule
@@ -11,6 +12,6 @@ from sparse_agents.task_masks import TaskMasks
 from sparse_agents.topology import SparseTopology
 from sparse_agents.updaters import REGISTRY as UPDATER_REGISTRY
 
-__all__ = ["UPDATER_REGISTRY", "SparseTopology", "TaskMasks", "UpdateSchedule", "condense",
-           "flops", "layer_densities"]
+__all__ = ["UPDATER_REGISTRY", "SparseConfig", "SparseTopology", "TaskMasks", "UpdateSchedule",
+           "condense", "flops", "layer_densities"]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ above 1, move *every* layer attaining the maximum raw score to the dense set.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 METHODS = ("uniform", "er", "erk")
@@ -23,6 +24,13 @@ def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     if not (0.0 <= value < 1.0) or math.isnan(value):
         raise ValueError(f"{name} must be in [0, 1), got {sparsity!r}")
     return value
+
+
+def check_power(power: float) -> float:
+    """Return ``power`` (the ER/ERK exponent), or raise ``ValueError`` unless it is > 0."""
+    if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
+        raise ValueError(f"power must be > 0, got {power!r}")
+    return power
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -57,8 +65,7 @@ def validate_inputs(shapes: Iterable[Sequence[int]], sparsity: float, method: st
     for shape in shapes:
         if len(shape) < 2 or min(shape) < 1:
             raise ValueError(f"shapes must be weight shapes with >= 2 positive dims, got {shape}")
-    if not (power > 0):
-        raise ValueError(f"power must be > 0, got {power!r}")
+    check_power(power)
     dense_set = set(int(i) for i in dense)
     bad = [i for i in dense_set if not 0 <= i < len(shapes)]
     if bad:

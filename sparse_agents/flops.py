@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from sparse_agents.condensed.convert import ELEMENTWISE
 from sparse_agents.condensed.masks import mask_of
-from sparse_agents.task_masks import FREE, OWNER_BUFFER, _TaskState
+from sparse_agents.task_masks import FREE, OWNER_BUFFER, task_records
 from sparse_agents.topology import MASKABLE
 from sparse_agents.updaters import get_updater
 
@@ -140,9 +140,8 @@ def _hidden_views(model: nn.Module) -> dict[str, Tensor]:
     """Parameter name (as ``TaskMasks`` named it) -> visible mask of every weight the
     current ``TaskMasks`` view hides entries of."""
     out: dict[str, Tensor] = {}
-    for module in model.modules():
-        if isinstance(module, _TaskState):
-            out.update(module.visible)
+    for record in task_records(model):
+        out.update(record.visible)
     return out
 
 

@@ -11,12 +11,17 @@ from scipy import stats
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population std (÷ n) of ``values``; ``(nan, nan)`` when empty."""
+    """Mean and sample std (÷ n − 1, ``ddof=1``) of ``values``: the ``mean ± std`` over
+    seeds of every benchmark table. ``(nan, nan)`` when empty; the std is NaN for one
+    value (a spread needs two)."""
+    values = [float(v) for v in values]
     n = len(values)
     if not n:
         return math.nan, math.nan
     mean = sum(values) / n
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    if n == 1:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def diff_ci(xa: ArrayLike, xb: ArrayLike, paired: bool) -> tuple[float, float]:

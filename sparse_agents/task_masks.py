@@ -4,27 +4,28 @@ else is per-task state. See docs/task_masks.md."""
 
 from __future__ import annotations
 
-import inspect
 import math
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from sparse_agents.config import SparseConfig
 from sparse_agents.distributions import check_sparsity, kept_counts, layer_densities
 from sparse_agents.topology import (
     MASK_BUFFER,
     MaskedLayer,
     SparseTopology,
-    check_compute,
     find_maskable,
     select_layers,
 )
 from sparse_agents.updaters import initial_mask
 
-__all__ = ["FREE", "OWNER_BUFFER", "STATE_MODULE", "TaskMasks", "density_report",
-           "task_densities"]
+__all__ = ["FREE", "OWNER_BUFFER", "STATE_MODULE", "TaskMasks", "TaskRecord",
+           "density_report", "task_densities", "task_records"]
 
 #: owner code of a weight no task has claimed
 FREE = -1
@@ -65,24 +66,19 @@ def task_densities(
 
 
 def _check_options(overflow: str, transfer: bool, n_tasks: int | None,
-                   topology_kwargs: dict) -> int | None:
-    """Validate ``TaskMasks``' own options; drops topology keywords it sets itself."""
+                   config: SparseConfig) -> int | None:
+    """Validate ``TaskMasks``' own options and what it needs of the topology's."""
     if overflow not in OVERFLOW:
         raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
     if not isinstance(transfer, bool):
         raise ValueError(f"transfer must be True or False, got {transfer!r}")
-    for key in ("optimizer", "sparsity", "updater", "distribution", "seed"):
-        topology_kwargs.pop(key, None)
-    if check_compute(topology_kwargs.pop("compute", "auto")) == "condensed":
+    if config.compute == "condensed":
         raise ValueError("compute='condensed' is not supported with per-task masks: the "
                          "frozen weights of earlier tasks take part in every forward, so "
                          "the layers train masked; use compute='auto' or 'masked'")
-    topology_kwargs["compute"] = "masked"
-    unknown = set(topology_kwargs) - set(inspect.signature(SparseTopology).parameters)
-    if unknown:
-        raise ValueError(f"TaskMasks got unknown keyword arguments {sorted(unknown)}: "
-                         "the extra ones go to SparseTopology (delta_t, t_end, "
-                         "drop_fraction, schedule, gamma_sal, grad_masking, ...)")
+    if config.budgets is not None or config.masks is not None:
+        raise ValueError("TaskMasks sets the topology's budgets and masks itself (one task's "
+                         "share, all masks empty until a task starts): leave them unset")
     return None if n_tasks is None else _check_n_tasks(n_tasks)
 
 
@@ -162,6 +158,57 @@ class _FullStateHook:
                 state_dict[prefix + name] = value.clone()
 
 
+def _no_owner() -> None:
+    """Stands in for the weak reference of an unpickled :class:`_LoadHook`."""
+    return None
+
+
+class _LoadHook:
+    """``load_state_dict`` post-hook of the model: its :class:`TaskMasks` follows the
+    loaded checkpoint (held weakly, so that the model neither keeps nor copies it)."""
+
+    def __init__(self, owner: TaskMasks) -> None:
+        self.owner = weakref.ref(owner)
+
+    def __call__(self, module, incompatible_keys) -> None:
+        owner = self.owner()
+        if owner is not None:
+            owner._sync()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.owner = _no_owner
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What one :class:`TaskMasks` keeps on its model, read from the model alone (for
+    code that has the model but not the ``TaskMasks``); a copy.
+
+    Attributes:
+        task_ids: the finished tasks, in training order (owner code ``i`` is
+            ``task_ids[i]``).
+        in_progress: the task training (or, after a load, the one training when the
+            checkpoint was saved), else ``None``.
+        visible: parameter name -> bool mask of the entries the current view shows,
+            for every masked weight whose view hides some.
+    """
+
+    task_ids: tuple[int, ...]
+    in_progress: int | None
+    visible: dict[str, Tensor]
+
+
+def task_records(model: nn.Module) -> list[TaskRecord]:
+    """One :class:`TaskRecord` per :class:`TaskMasks` on ``model`` (module order; empty
+    when there is none)."""
+    return [TaskRecord(tuple(m.task_ids), m.in_progress,
+                       {name: vis.clone() for name, vis in m.visible.items()})
+            for m in model.modules() if isinstance(m, _TaskState)]
+
+
 class TaskMasks:
     """Per-task masks over ``model``'s Linear/Conv weights (see the module docstring).
 
@@ -178,9 +225,14 @@ class TaskMasks:
         overflow: ``"raise"`` (default) or ``"shrink"`` when the free pool is short.
         dense_layers: maskable layers left unmasked (names, regexes, indices); they
             are per-task state like biases.
-        topology_kwargs: passed to :class:`SparseTopology` (``delta_t``, ``t_end``,
-            ``drop_fraction``, ``schedule``, ``gamma_sal``, ``grad_masking``, ...).
-            The schedule restarts at every task.
+        config: the topology's options as one :class:`~sparse_agents.SparseConfig`
+            (``sparsity``, ``updater``, ``distribution``, ``seed``, ``dense_layers`` and
+            ``power`` included), instead of the keywords; ``budgets`` and ``masks``
+            are TaskMasks' own, and the layers train masked (``compute`` ``"auto"`` or
+            ``"masked"``).
+        topology_kwargs: the other options of :class:`SparseTopology` (``delta_t``,
+            ``t_end``, ``drop_fraction``, ``schedule``, ``gamma_sal``,
+            ``grad_masking``, ...). The schedule restarts at every task.
     """
 
     def __init__(
@@ -196,38 +248,42 @@ class TaskMasks:
         overflow: str = "raise",
         dense_layers: Iterable[str | int] = (),
         power: float = 1.0,
+        config: SparseConfig | None = None,
         **topology_kwargs,
     ) -> None:
-        n_tasks = _check_options(overflow, transfer, n_tasks, topology_kwargs)
+        config = SparseConfig.resolve(
+            config, "TaskMasks", sparsity=sparsity, updater=updater, distribution=distribution,
+            seed=seed, dense_layers=dense_layers, power=power, **topology_kwargs)
+        n_tasks = _check_options(overflow, transfer, n_tasks, config)
+        #: the topology options (the topology's own config adds budgets and masks)
+        self.config = config
         self.model = model
-        self.sparsity = check_sparsity(sparsity)
-        self.updater = updater
-        self.distribution = distribution
+        self.sparsity = config.sparsity
+        self.updater = config.updater
+        self.distribution = config.distribution
         self.transfer = transfer
         self.n_tasks = n_tasks
         self.overflow = overflow
-        dense_layers = list(dense_layers)
         # per-task budgets first, so that bad arguments leave the model untouched
         candidates = find_maskable(model)
-        dense_idx = select_layers(dense_layers, [n for n, _ in candidates], "dense_layers")
+        dense_idx = select_layers(config.dense_layers, [n for n, _ in candidates],
+                                  "dense_layers")
         sparse = [(f"{n}.weight", m) for i, (n, m) in enumerate(candidates)
                   if i not in dense_idx]
         if not sparse:
             raise ValueError("dense_layers covers every maskable layer: nothing left to mask")
         sparse_names = [name for name, _ in sparse]
         budgets = self._task_budgets([tuple(m.weight.shape) for _, m in sparse], sparse_names,
-                                     power)
+                                     config.power)
         # the initialisation new weights start from
         self._init: dict[str, Tensor] = {name: m.weight.detach().clone() for name, m in sparse}
         # one topology for every task: per-task budgets, no weight owned yet (all masks
         # empty, so every masked weight starts at 0)
         empty = {name: torch.zeros(self._init[name].shape, dtype=torch.bool)
                  for name in sparse_names}
-        self.topology = SparseTopology(
-            model, None, sparsity=self.sparsity, updater=updater, distribution=distribution,
-            dense_layers=dense_layers, seed=seed, power=power,
+        self.topology = SparseTopology.from_config(model, None, config.replace(
             budgets=dict(zip(sparse_names, budgets, strict=True)), masks=empty,
-            **topology_kwargs)
+            compute="masked"))
         self.layers: list[MaskedLayer] = self.topology.layers
         for layer in self.layers:
             layer.module.register_buffer(
@@ -239,6 +295,7 @@ class TaskMasks:
         # of the model itself would break nn.Sequential)
         self.layers[0].module.add_module(STATE_MODULE, self.state)
         model.register_state_dict_post_hook(_FullStateHook(self.state))
+        model.register_load_state_dict_post_hook(_LoadHook(self))
         self._training: int | None = None
         self._pending: int | None = None  # loaded in progress, waiting for resume_task
         self._unseen: int | None = None  # an untrained id selected with allow_unseen
@@ -268,33 +325,28 @@ class TaskMasks:
     @property
     def task_ids(self) -> list[int]:
         """Task ids in training order: the finished ones, then the one training."""
-        self._sync()
         ids = list(self.state.task_ids)
         return ids if self._training is None else [*ids, self._training]
 
     @property
     def finished_tasks(self) -> list[int]:
         """Ids of the tasks whose weights are frozen, in training order."""
-        self._sync()
         return list(self.state.task_ids)
 
     @property
     def training_task(self) -> int | None:
         """The task being trained (between ``start_task`` and ``end_task``), or None."""
-        self._sync()
         return self._training
 
     @property
     def pending_task(self) -> int | None:
         """The task that was training when the loaded checkpoint was saved, until
         :meth:`resume_task` (None otherwise)."""
-        self._sync()
         return self._pending
 
     @property
     def active_task(self) -> int | None:
         """The task selected by ``set_task``/``use_task`` (None: the base view)."""
-        self._sync()
         view = self.state.view
         if view is None:
             return self._unseen
@@ -304,7 +356,6 @@ class TaskMasks:
     def owners(self) -> dict[str, Tensor]:
         """Parameter name -> int16 owner codes (-1 free, else index into ``task_ids``),
         the training task's current mask included."""
-        self._sync()
         out = {}
         for layer in self.layers:
             owner = self._owner(layer).clone()
@@ -508,7 +559,9 @@ class TaskMasks:
 
     # ------------------------------------------------------------------ internals
     def _sync(self) -> None:
-        """After a ``load_state_dict``, the in-progress task (if any) is dropped."""
+        """After a ``load_state_dict``, the in-progress task (if any) is dropped. Run by
+        the model's load hook; the task methods run it too (a submodule's load holding
+        the task state bypasses that hook), property reads never."""
         if self.state.loads != self._loads:
             self._loads = self.state.loads
             self._unseen = None

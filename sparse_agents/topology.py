@@ -24,30 +24,26 @@ from sparse_agents.compute import (
 from sparse_agents.compute.auto import AutoKernels
 from sparse_agents.compute.kernels import numba_supports
 from sparse_agents.compute.optim import release
+from sparse_agents.config import (  # noqa: F401 - COMPUTE, GRAD_MASKING, check_compute: re-exported
+    COMPUTE,
+    GRAD_MASKING,
+    MASK_SOURCES,
+    SparseConfig,
+    check_compute,
+    check_mask_source,
+)
 from sparse_agents.distributions import (
-    METHODS,
-    check_sparsity,
     constant_fan_in_counts,
     kept_counts,
     layer_densities,
 )
 from sparse_agents.forward_order import ForwardOrder
 from sparse_agents.optim_state import MASK_PRESERVING, first_moment_rule, reset_state
-from sparse_agents.schedules import SCHEDULES, UpdateSchedule
-from sparse_agents.sparse_init import check_sparse_init, rescale_to_mask_
+from sparse_agents.sparse_init import rescale_to_mask_
 from sparse_agents.updaters import get_updater, initial_mask
 
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MASK_BUFFER = "weight_mask"
-GRAD_MASKING = ("step", "backward")
-COMPUTE = ("masked", "condensed", "auto")
-
-
-def check_compute(compute: object) -> str:
-    """``compute`` if it is one of :data:`COMPUTE`, else a ``ValueError`` naming it."""
-    if compute not in COMPUTE:
-        raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
-    return compute
 
 
 @dataclass
@@ -181,15 +177,11 @@ def _closure_of(args: tuple, kwargs: dict):
     return kwargs.get("closure", args[1] if len(args) > 1 else None)
 
 
-MASK_SOURCES = ("existing", "nonzero")
-
-
 def model_masks(model: nn.Module, source: str) -> dict[str, Tensor]:
     """Parameter name -> bool mask read from ``model``: its ``weight_mask`` buffers
     (``"existing"``; ``torch.nn.utils.prune``'s are made permanent with ``prune.remove``
     and replaced) or its nonzero weights (``"nonzero"``)."""
-    if source not in MASK_SOURCES:
-        raise ValueError(f"masks must be a mapping or one of {MASK_SOURCES}, got {source!r}")
+    check_mask_source(source)
     root = unwrap(model)
     out: dict[str, Tensor] = {}
     for name, module in root.named_modules():
@@ -207,7 +199,7 @@ def model_masks(model: nn.Module, source: str) -> dict[str, Tensor]:
         if prune.is_pruned(module) and "weight_orig" in module._parameters:
             prune.remove(module, "weight")
         else:
-            del module._buffers[MASK_BUFFER]
+            delattr(module, MASK_BUFFER)
     if not out:
         raise ValueError(f"masks={source!r}: the model has no maskable layer with "
                          + ("a weight_mask buffer" if source == "existing" else "weights"))
@@ -233,14 +225,12 @@ def _sparsity_of(masks: Mapping[str, Tensor], candidates, dense_idx: set[int]) -
     return 1.0 - active / total
 
 
-def _check_unit(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return float(value)
-
-
 class SparseTopology:
     """Dynamic sparse training for the Linear/Conv layers of ``model``.
+
+    Every argument after ``optimizer`` is a field of :class:`~sparse_agents.SparseConfig`,
+    which checks them; :meth:`from_config` builds a topology from one config, and
+    ``config`` holds the one a topology was built with.
 
     Args:
         model: the module to sparsify. With an optimizer, only layers whose weight
@@ -322,17 +312,38 @@ class SparseTopology:
         sparse_init: str | None = None,
         compute: str = "auto",
     ) -> None:
-        self._check_choices(distribution, schedule, grad_masking, seed)
-        self.compute = check_compute(compute)
+        self._setup(model, optimizer, SparseConfig(
+            sparsity=sparsity, updater=updater, distribution=distribution, delta_t=delta_t,
+            t_end=t_end, drop_fraction=drop_fraction, schedule=schedule, gamma_sal=gamma_sal,
+            dense_layers=dense_layers, seed=seed, power=power, renormalise=renormalise,
+            output_layers=output_layers, ablate_output=ablate_output,
+            grad_masking=grad_masking, exclude_layers=exclude_layers, budgets=budgets,
+            masks=masks, sparse_init=sparse_init, compute=compute))
+
+    @classmethod
+    def from_config(cls, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    config: SparseConfig) -> SparseTopology:
+        """The topology of ``model`` with the options of ``config`` (the keyword form's
+        equal: ``cls(model, optimizer, **config.to_dict())``)."""
+        if not isinstance(config, SparseConfig):
+            raise ValueError(f"config must be a SparseConfig, got {type(config).__name__}")
+        return cls(model, optimizer, **config.to_dict())
+
+    def _setup(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+               config: SparseConfig) -> None:
+        """Everything that needs the model (the options were checked by ``config``)."""
+        #: the options this topology was built with
+        self.config = config
+        self.compute = config.compute
         self._binding: OptimizerBinding | None = None
-        self.sparse_init = check_sparse_init(sparse_init)
-        self.sparsity = check_sparsity(sparsity)
-        self.spec = get_updater(updater)
-        self.schedule = UpdateSchedule(delta_t, t_end, drop_fraction, schedule)
-        self.updater = updater
-        self.distribution = distribution
-        self.grad_masking = grad_masking
-        self.seed = int(seed)
+        self.sparse_init = config.sparse_init
+        self.sparsity = config.sparsity
+        self.spec = get_updater(config.updater)
+        self.schedule = config.update_schedule()
+        self.updater = config.updater
+        self.distribution = config.distribution
+        self.grad_masking = config.grad_masking
+        self.seed = config.seed
         self.model = model
         self.generator = torch.Generator().manual_seed(self.seed)
         self.step = 0
@@ -351,15 +362,17 @@ class SparseTopology:
         # the output layer SRigL protects is the last maskable layer in forward order,
         # seen at the first update (registration order can differ)
         self._forward_order: ForwardOrder | None = None
+        output_layers, ablate_output = config.output_layers, config.ablate_output
         if output_layers is None and not ablate_output and self.spec.ablates:
             self._forward_order = ForwardOrder([m for _, m in find_maskable(model)])
 
+        masks, budgets = config.masks, config.budgets
         from_model = isinstance(masks, str)
         if from_model:  # start from the masks the model already has
             masks = model_masks(model, masks)
-        candidates = self._candidates(model, optimizer, exclude_layers)
+        candidates = self._candidates(model, optimizer, config.exclude_layers)
         names = [n for n, _ in candidates]
-        dense_idx = select_layers(dense_layers, names, "dense_layers")
+        dense_idx = select_layers(config.dense_layers, names, "dense_layers")
         if masks is not None and budgets is None:  # the masks set the budgets
             budgets = {k: int(v.sum()) for k, v in masks.items()}
             dense_idx |= {i for i, n in enumerate(names) if f"{n}.weight" not in masks}
@@ -369,10 +382,10 @@ class SparseTopology:
                              if masks is None else "masks: no maskable layer has a mask")
         self.dense_names = [f"{names[i]}.weight" for i in sorted(dense_idx)]
         self._dense_numel = sum(candidates[i][1].weight.numel() for i in dense_idx)
-        plan = self._allocate(candidates, dense_idx, power, renormalise, budgets)
+        plan = self._allocate(candidates, dense_idx, config.power, config.renormalise, budgets)
         out_idx = (set() if output_layers is None
                    else select_layers(output_layers, names, "output_layers"))
-        gammas = self._gammas(gamma_sal, names)
+        gammas = self._gammas(config.gamma_sal, names)
         self.layers: list[MaskedLayer] = [
             MaskedLayer(name=f"{name}.weight", module_name=name, module=module,
                         density=plan[i][0], budget=plan[i][1], gamma_sal=gammas[i],
@@ -382,8 +395,8 @@ class SparseTopology:
             for i, (name, module) in enumerate(candidates) if i not in dense_idx]
         empty = [x.name for x in self.layers if x.budget == 0]
         if empty and self.spec.constant_fan_in:
-            raise ValueError(f"budget of {empty} is 0: updater {updater!r} needs at least one "
-                             "weight per masked layer; keep those layers dense "
+            raise ValueError(f"budget of {empty} is 0: updater {self.updater!r} needs at least "
+                             "one weight per masked layer; keep those layers dense "
                              "(dense_layers) or give them weights")
         if masks is not None and from_model:
             masks = {x.name: masks[x.name] for x in self.layers}
@@ -392,18 +405,6 @@ class SparseTopology:
             self._install_mask(layer, None if masks is None else masks.get(layer.name))
         if optimizer is not None:
             self.attach(optimizer)
-
-    @staticmethod
-    def _check_choices(distribution: str, schedule: str, grad_masking: str, seed: int) -> None:
-        """``ValueError`` naming the parameter for an unknown choice or a bad seed."""
-        if distribution not in METHODS:
-            raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-        if grad_masking not in GRAD_MASKING:
-            raise ValueError(f"grad_masking must be one of {GRAD_MASKING}, got {grad_masking!r}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
 
     def _allocate(self, candidates: list[tuple[str, nn.Module]], dense_idx: set[int],
                   power: float, renormalise: bool, budgets: Mapping[str, int] | None
@@ -475,13 +476,14 @@ class SparseTopology:
 
     @staticmethod
     def _gammas(gamma_sal: float | Mapping[str, float], names: Sequence[str]) -> list[float]:
+        """Each layer's ``gamma_sal`` (values checked by the config)."""
         if isinstance(gamma_sal, Mapping):
             out = [0.3] * len(names)
             for pattern, value in gamma_sal.items():
                 for i in select_layers([pattern], names, "gamma_sal"):
-                    out[i] = _check_unit(value, f"gamma_sal[{pattern!r}]")
+                    out[i] = value
             return out
-        return [_check_unit(gamma_sal, "gamma_sal")] * len(names)
+        return [gamma_sal] * len(names)
 
     @torch.no_grad()
     def assign(self, name: str, mask: Tensor, budget: int | None = None) -> None:
@@ -809,6 +811,13 @@ class SparseTopology:
         self._dense_grads.clear()
         self._grad_seen.clear()
         self._sync_dense_hooks()
+
+    def remask(self) -> None:
+        """Apply the masks again after the weights were written in place (e.g. reset to
+        their initial values): weights and optimizer state outside the masks as after a
+        step (invariant 1), frozen entries back to their frozen values."""
+        self.follow_model()
+        self._remask(self.layers)
 
     @torch.no_grad()
     def _remask(self, layers: Sequence[MaskedLayer]) -> None:

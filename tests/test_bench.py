@@ -147,9 +147,28 @@ def test_rl_defaults_report_scores_final_and_last_ten_percent(tmp_path, capsys):
     assert rl_defaults.main(["--out", str(tmp_path), "--configs", "C", "--seeds", "0", "1",
                              "--report-only"]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
-    # finals 500 and 100; the last 10% of 4 evaluations is the last one
-    assert row == "| C | 500, 100 | 300.0 ± 200.0 | 300.0 ± 200.0 | 0.100 | 1081 |"
+    # finals 500 and 100; the last 10% of 4 evaluations is the last one; std ÷ (n - 1)
+    assert row == "| C | 500, 100 | 300.0 ± 282.8 | 300.0 ± 282.8 | 0.100 | 1081 |"
     assert (tmp_path / "summary.md").read_text().endswith(row + "\n")
+
+
+def test_tables_show_the_sample_std_over_seeds():
+    """Every ``mean ± std`` over seeds of a benchmark table is the sample std (ddof=1):
+    for 500, 100, 300 that is 200.0, where the population std (ddof=0) is 163.3."""
+    import math
+
+    import numpy as np
+
+    from sparse_agents.experiments.bench import rl_defaults, rl_stream
+    from sparse_agents.intervals import mean_std
+
+    values = [500.0, 100.0, 300.0]
+    assert mean_std(values) == (300.0, pytest.approx(np.std(values, ddof=1)))
+    assert mean_std(np.array(values))[1] == pytest.approx(200.0)
+    assert rl_defaults._mean_std(values) == "300.0 ± 200.0"   # RL-defaults sweep tables
+    assert rl_stream._fmt(values) == "300.0 ± 200.0"          # continual-RL stream table
+    assert math.isnan(mean_std([4.0])[1])                      # one seed: no spread
+    assert all(math.isnan(v) for v in mean_std([]))
 
 
 def test_rl_defaults_refuses_finished_runs_made_under_another_default(tmp_path):

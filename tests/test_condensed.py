@@ -231,6 +231,28 @@ def test_refresh_after_mask_change_rebuilds():
     assert_same(fast, model, torch.randn(5, 16))
 
 
+
+def test_layer_builds_and_restructures_through_its_own_methods():
+    values, indices = torch.randn(3, 2), torch.tensor([[0, 1], [1, 2], [2, 0]])
+    layer = CondensedLinear.for_structure(values, indices, in_features=4)
+    assert type(layer) is CondensedLinear
+    padded = CondensedLinear.for_structure(values, indices, in_features=4,
+                                           lengths=torch.tensor([2, 1, 2]))
+    assert type(padded) is PaddedCondensedLinear
+    # in place: the same module object switches layout, on the layer's dtype
+    layer.double()
+    layer.restructure(values, indices, None, torch.tensor([0, 2, 4]), in_features=4,
+                      out_features=5, lengths=torch.tensor([1, 2, 2]), fill=None,
+                      source_rows=torch.tensor([0, 2, 4]))
+    assert type(layer) is PaddedCondensedLinear and layer.values.dtype == torch.float64
+    assert layer.out_features == 5 and layer.source_rows.tolist() == [0, 2, 4]
+    x = torch.randn(2, 4, dtype=torch.float64)
+    dense = layer.to_dense()
+    torch.testing.assert_close(layer(x), x @ dense.t())
+    layer.set_values(2 * layer.values, layer.bias + 1)
+    torch.testing.assert_close(layer(x), 2 * x @ dense.t() + layer.full_bias())
+    assert layer.chain is None
+
 def test_layer_refresh_and_copies():
     model = masked_mlp([8, 12, 3], 0.5, "variable", ablate=2, seed=8)
     fast = condense(model)

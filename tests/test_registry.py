@@ -89,8 +89,8 @@ def test_a_registered_updater_works_everywhere_without_other_edits(my_updater):
         assert "mine" in _choices(parser, dest), name
     from sparse_agents.avalanche import DSTPlugin
     from sparse_agents.sb3 import SparseActorCriticPolicy  # noqa: F401
-    from sparse_agents.sb3.mixin import SPARSE_DEFAULTS, _check_options
+    from sparse_agents.sb3.mixin import SPARSE_DEFAULTS, check_options
 
     DSTPlugin(sparsity=0.5, updater="mine")
-    _check_options(dict(SPARSE_DEFAULTS, updater="mine"))
+    check_options(dict(SPARSE_DEFAULTS, updater="mine"))
     assert topo.metrics()["updates"] >= 1

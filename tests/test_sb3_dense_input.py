@@ -65,8 +65,8 @@ def test_dense_input_leaves_cnn_extractors_and_heads_sparse():
 
 
 def test_on_policy_agents_keep_input_layers_dense_by_default_off_policy_do_not():
-    """Measured for PPO (docs/rl.md, "RL defaults"); DQN/SAC/TD3 keep Graesser et al.'s
-    all-masked networks."""
+    """Measured for PPO (docs/rl_benchmarks.md, "Input layers and the zoo's budget");
+    DQN/SAC/TD3 keep Graesser et al.'s all-masked networks."""
     assert unmasked(MAKE["PPO"]().policy) == INPUTS["PPO"]
     for name in ("DQN", "SAC", "TD3"):
         assert unmasked(MAKE[name]().policy) == [], name

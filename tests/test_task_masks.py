@@ -11,6 +11,7 @@ from invariants import check_topology
 from torch import nn
 
 from continual.task_masks import FREE, OWNER_BUFFER, TaskMasks, task_densities
+from sparse_agents.task_masks import task_records
 from sparse_agents.updaters.base import as_matrix
 
 
@@ -421,3 +422,36 @@ def test_checkpoint_mid_task_resumes():
     assert tm2.task_ids == [0, 1]
     with pytest.raises(ValueError, match="no task to resume"):
         tm2.resume_task(opt2)
+
+
+def test_a_load_drops_the_training_task_at_once_and_reads_change_nothing():
+    model = mlp()
+    tm = TaskMasks(model, sparsity=0.7, updater="set", n_tasks=3, dense_layers=["4"])
+    train_tasks(model, tm, [0])
+    topo = tm.start_task(1, torch.optim.Adam(model.parameters(), lr=0.01))
+    sd = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in model.state_dict().items()}
+    assert topo.optimizer is not None
+    for _ in range(2):  # property reads leave the hooks alone
+        assert (tm.task_ids, tm.training_task, tm.pending_task) == ([0, 1], 1, None)
+        assert tm.active_task is None and set(tm.owners) == set(tm.budgets)
+    assert topo.optimizer is not None
+    model.load_state_dict(sd)  # the load itself drops the task in progress
+    assert topo.optimizer is None
+    assert (tm.task_ids, tm.training_task, tm.pending_task) == ([0], None, 1)
+
+
+def test_task_records_read_the_model_alone():
+    model = mlp()
+    assert task_records(model) == []
+    tm = TaskMasks(model, sparsity=0.7, updater="set", transfer=False, n_tasks=3,
+                   dense_layers=["4"])
+    train_tasks(model, tm, [5, 7])
+    (record,) = task_records(model)
+    assert record.task_ids == (5, 7) and record.in_progress is None
+    tm.set_task(5)
+    (record,) = task_records(model)
+    assert set(record.visible) == {x.name for x in tm.layers}
+    for x in tm.layers:
+        assert torch.equal(record.visible[x.name], tm.owned(5)[x.name])
+        record.visible[x.name].fill_(True)  # a copy
+    assert not any(bool(v.all()) for v in task_records(model)[0].visible.values())

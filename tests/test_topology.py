@@ -168,6 +168,22 @@ def test_metrics():
     assert m["updates"] == 3 and m["step"] == 6  # updates before steps 2, 4 and 6
 
 
+
+def test_remask_after_weights_written_in_place():
+    model = mlp()
+    opt = make_opt("adam", model)
+    topo = sa.SparseTopology(model, opt, sparsity=0.8, delta_t=10**6)
+    train_step(model, opt, 0)
+    with torch.no_grad():  # e.g. FromScratchTraining resetting the weights
+        for layer in topo.layers:
+            layer.weight.fill_(1.0)
+            opt.state[layer.weight]["exp_avg"].fill_(1.0)
+    topo.remask()
+    for layer in topo.layers:
+        assert torch.equal(layer.weight != 0, layer.mask)
+        assert bool((opt.state[layer.weight]["exp_avg"][~layer.mask] == 0).all())
+    check_invariants(topo, opt)
+
 def test_masks_are_buffers_in_state_dict():
     model = mlp()
     sa.SparseTopology(model, None, sparsity=0.8)

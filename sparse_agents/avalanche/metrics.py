@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from sparse_agents.flops import active_masks
 from sparse_agents.flops import flops as count_flops
-from sparse_agents.task_masks import FREE, OWNER_BUFFER, _TaskState
+from sparse_agents.task_masks import FREE, OWNER_BUFFER, task_records
 from sparse_agents.topology import MASK_BUFFER, SparseTopology
 
 with warnings.catch_warnings():
@@ -103,10 +103,10 @@ def _itop(model: nn.Module, strategy) -> Value:
 
 
 def _task_list(model: nn.Module) -> tuple[list[int], int | None]:
-    for module in model.modules():
-        if isinstance(module, _TaskState):
-            return list(module.task_ids), module.in_progress
-    return [], None
+    records = task_records(model)
+    if not records:
+        return [], None
+    return list(records[0].task_ids), records[0].in_progress
 
 
 def _capacity(model: nn.Module, strategy) -> Value:

@@ -34,9 +34,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.config import SparseConfig
 from sparse_agents.topology import SparseTopology, find_maskable
-from sparse_agents.updaters import get_updater
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*QP solver.*")
@@ -60,14 +59,6 @@ def head_layers(model: nn.Module) -> list[str]:
     patterns = [re.escape(h) + r"\..*" for h in heads]
     names = [n for n, _ in find_maskable(model)]
     return [p for p in patterns if any(re.fullmatch(p, n) for n in names)]
-
-
-def _check(sparsity: float, updater: str, distribution: str) -> float:
-    sparsity = check_sparsity(sparsity)
-    get_updater(updater)
-    if distribution not in METHODS:
-        raise ValueError(f"distribution must be one of {METHODS}, got {distribution!r}")
-    return sparsity
 
 
 def _task_label(experience) -> int:
@@ -105,19 +96,6 @@ def _check_task_incremental(experience) -> None:
                                    f"{sorted(shared)}")
 
 
-@torch.no_grad()
-def _reapply_masks(topology: SparseTopology | None) -> None:
-    """After the weights were rewritten in place: 0 outside the masks (invariant 1),
-    frozen entries back to their frozen values."""
-    if topology is None:
-        return
-    topology.follow_model()
-    for layer in topology.layers:
-        layer.weight.mul_(layer.mask_f)
-        if layer.frozen_values is not None:
-            layer.weight.add_(layer.frozen_values)
-
-
 class DSTPlugin(SupervisedPlugin):
     """Dynamic sparse training of the strategy's model across experiences (a strategy
     that replaces its model, such as GDumb, gets a new topology on the new model).
@@ -128,20 +106,22 @@ class DSTPlugin(SupervisedPlugin):
             schedule (``t_end``, cosine decay) restarts per experience (default True).
         dense_layers: more layers to keep dense (names, regexes, indices); heads of
             Avalanche dynamic classifiers are always dense.
+        config: every topology option as one :class:`~sparse_agents.SparseConfig`,
+            instead of the keywords (its ``exclude_layers`` get the heads added).
         topology_kwargs: ``delta_t``, ``t_end``, ``drop_fraction``, ``schedule``,
             ``gamma_sal``, ``seed``, ``grad_masking``, ...
     """
 
     def __init__(self, sparsity: float = 0.9, updater: str = "srigl",
                  distribution: str = "erk", *, restart_schedule: bool = True,
-                 dense_layers: Iterable[str | int] = (), **topology_kwargs) -> None:
+                 dense_layers: Iterable[str | int] = (), config: SparseConfig | None = None,
+                 **topology_kwargs) -> None:
         super().__init__()
-        self.sparsity = _check(sparsity, updater, distribution)
-        self.updater = updater
-        self.distribution = distribution
+        #: the topology options (every new topology is built from them)
+        self.config = SparseConfig.resolve(
+            config, "DSTPlugin", sparsity=sparsity, updater=updater, distribution=distribution,
+            dense_layers=dense_layers, **topology_kwargs)
         self.restart_schedule = bool(restart_schedule)
-        self.dense_layers = list(dense_layers)
-        self.topology_kwargs = topology_kwargs
         self.topology: SparseTopology | None = None
         self.history: list[dict[str, float]] = []
         self._model: nn.Module | None = None
@@ -152,10 +132,9 @@ class DSTPlugin(SupervisedPlugin):
             self.topology.detach()  # a new model (GDumb): set up again on it
             self.topology = None
         if self.topology is None:
-            self.topology = SparseTopology(
-                model, strategy.optimizer, sparsity=self.sparsity, updater=self.updater,
-                distribution=self.distribution, dense_layers=self.dense_layers,
-                exclude_layers=head_layers(model), **self.topology_kwargs)
+            cfg = self.config
+            self.topology = SparseTopology.from_config(model, strategy.optimizer, cfg.replace(
+                exclude_layers=(*cfg.exclude_layers, *head_layers(model))))
             self._model = model
             return
         if self.restart_schedule:
@@ -163,7 +142,8 @@ class DSTPlugin(SupervisedPlugin):
         self.topology.attach(strategy.optimizer)
 
     def before_training_epoch(self, strategy, **kwargs) -> None:
-        _reapply_masks(self.topology)
+        if self.topology is not None:  # weights rewritten in place since the set-up
+            self.topology.remask()
 
     def before_update(self, strategy, **kwargs) -> None:
         if self.topology is not None and strategy.optimizer is not self.topology.optimizer:
@@ -198,6 +178,9 @@ class TaskMaskPlugin(SupervisedPlugin):
             metrics need. Before the first experience the model is still dense.
         dense_layers: more layers to keep dense (per-task state); heads of Avalanche
             dynamic classifiers are always dense.
+        config: every topology option as one :class:`~sparse_agents.SparseConfig`
+            (``seed`` included), instead of the keywords (its ``dense_layers`` get the
+            heads added).
         topology_kwargs: ``delta_t``, ``t_end``, ``drop_fraction``, ``gamma_sal``, ...
     """
 
@@ -205,20 +188,19 @@ class TaskMaskPlugin(SupervisedPlugin):
                  distribution: str = "erk", transfer: bool = True, *,
                  n_tasks: int | None = None, overflow: str = "raise", seed: int = 0,
                  unseen: str = "raise", dense_layers: Iterable[str | int] = (),
-                 **topology_kwargs) -> None:
+                 config: SparseConfig | None = None, **topology_kwargs) -> None:
         super().__init__()
         if unseen not in ("raise", "next"):
             raise ValueError(f"unseen must be 'raise' or 'next', got {unseen!r}")
         self.unseen = unseen
-        self.sparsity = _check(sparsity, updater, distribution)
-        self.updater = updater
-        self.distribution = distribution
+        #: the topology options of the task masks
+        self.config = SparseConfig.resolve(
+            config, "TaskMaskPlugin", sparsity=sparsity, updater=updater,
+            distribution=distribution, seed=seed, dense_layers=dense_layers,
+            **topology_kwargs)
         self.transfer = transfer
         self.n_tasks = n_tasks
         self.overflow = overflow
-        self.seed = seed
-        self.dense_layers = list(dense_layers)
-        self.topology_kwargs = topology_kwargs
         self.task_masks: TaskMasks | None = None
         self.history: list[dict[str, float]] = []
 
@@ -248,10 +230,11 @@ class TaskMaskPlugin(SupervisedPlugin):
         model = strategy.model
         if self.task_masks is None:
             _check_task_incremental(strategy.experience)
+            cfg = self.config
             self.task_masks = TaskMasks(
-                model, self.sparsity, self.updater, self.distribution, self.transfer,
-                self.seed, n_tasks=self._n_tasks(strategy.experience), overflow=self.overflow,
-                dense_layers=head_layers(model) + self.dense_layers, **self.topology_kwargs)
+                model, transfer=self.transfer, n_tasks=self._n_tasks(strategy.experience),
+                overflow=self.overflow, config=cfg.replace(
+                    dense_layers=(*head_layers(model), *cfg.dense_layers)))
         self._check_model(strategy)
         if self.task_masks.training_task is not None:
             self.task_masks.end_task()
@@ -260,7 +243,8 @@ class TaskMaskPlugin(SupervisedPlugin):
         self.task_masks.start_task(task, strategy.optimizer)
 
     def before_training_epoch(self, strategy, **kwargs) -> None:
-        _reapply_masks(self.topology)
+        if self.topology is not None:  # weights rewritten in place since the set-up
+            self.topology.remask()
 
     def _check_batch(self, strategy) -> None:
         tm = self.task_masks

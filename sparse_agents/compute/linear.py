@@ -440,7 +440,7 @@ class CondensedLinearTraining:
         else:  # a new parameter of the new size, in the module and the optimizer
             param = nn.Parameter(fresh.clone(), requires_grad=values.requires_grad)
             param.grad = grad
-            self.module._parameters[VALUES] = param
+            self.module.register_parameter(VALUES, param)  # same place
             if optimizer is not None:
                 swap_param(optimizer, values, param)
                 optimizer.state.pop(values, None)

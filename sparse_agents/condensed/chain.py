@@ -1,8 +1,10 @@
 """Chains of masked source ``nn.Linear`` layers and the condensed layers built from them:
 which rows and columns survive, constants folded forward, values re-gathered on refresh.
 
-The layer classes are passed in (``layer_types``), so that this module does not import
-:mod:`~sparse_agents.condensed.layers` (which imports it for ``from_linear``).
+The layer class is passed in (``layer_type``), so that this module does not import
+:mod:`~sparse_agents.condensed.layers` (which imports it for ``from_linear``); the layers
+are built and changed through its public methods (``for_structure``, ``bind``,
+``set_values``, ``restructure``, ``keep_alive``).
 """
 
 from __future__ import annotations
@@ -121,16 +123,17 @@ class Chain:
     """Sources (weak references to the training model's Linears), the activations
     between them, and the condensed layers built from them.
 
-    ``layer_types``: the (constant fan-in, padded) condensed layer classes."""
+    ``layer_type``: :class:`~sparse_agents.condensed.layers.CondensedLinear` (its
+    ``for_structure`` picks the constant or padded layout)."""
 
     def __init__(self, sources: list[nn.Linear], acts: list[list[nn.Module]],
-                 names: list[str], *, layer_types: tuple[type[nn.Module], type[nn.Module]],
+                 names: list[str], *, layer_type: type[nn.Module],
                  kernel: str = "auto") -> None:
         self._sources = [weakref.ref(s) for s in sources]
         self.acts = acts
         self.names = names
         self.kernel = kernel
-        self.layer_types = layer_types
+        self.layer_type = layer_type
         self.layers: list[nn.Module] = []
         self._snap: list[Tensor] = []
         self._plans: list[LinkPlan] = []
@@ -186,7 +189,7 @@ class Chain:
         else:
             for layer, (values, bias, fill) in zip(self.layers, self._values(sources, masks),
                                                    strict=True):
-                layer._set_values(values, bias, fill)
+                layer.set_values(values, bias, fill)
         return changed
 
     def _install(self, sources, masks, new: bool) -> None:
@@ -194,31 +197,20 @@ class Chain:
             self._plans = plan_chain(masks)
             self._snap = [m.clone() for m in masks]
             vals = self._values(sources, masks)
-        constant, padded = self.layer_types
         for i, (plan, (values, bias, fill)) in enumerate(zip(self._plans, vals, strict=True)):
             last = i == len(self._plans) - 1
-            varying = plan.rows.numel() > 0 and bool((plan.lengths != plan.valid.shape[1]).any())
-            cls = padded if varying else constant
             kwargs = dict(in_features=plan.in_width, out_features=plan.out_width,
                           lengths=plan.lengths, fill=fill if last else None)
             rows = plan.rows if last else None
             if new:
-                layer = cls(values, plan.indices, bias, rows, kernel=self.kernel, **kwargs)
-                layer._chain, layer._link, layer.source_name = self, i, self.names[i]
+                layer = self.layer_type.for_structure(values, plan.indices, bias, rows,
+                                                      kernel=self.kernel, **kwargs)
+                layer.bind(self, i, self.names[i], plan.rows)
                 layer.contiguous_output = last
                 self.layers.append(layer)
-                layer.source_rows = plan.rows.to(layer.values.device)
             else:
-                layer = self.layers[i]
-                dev = layer.values.device
-                dtype = layer.values.dtype
-                layer.__class__ = cls
-                layer._set_structure(
-                    values.to(dev, dtype), plan.indices.to(dev), bias.to(dev, dtype),
-                    None if rows is None else rows.to(dev),
-                    **{**kwargs, "lengths": plan.lengths.to(dev),
-                       "fill": None if kwargs["fill"] is None else kwargs["fill"].to(dev, dtype)})
-                layer.source_rows = plan.rows.to(dev)
+                self.layers[i].restructure(values, plan.indices, bias, rows,
+                                           source_rows=plan.rows, **kwargs)
 
     def _values(self, sources, masks) -> list[tuple[Tensor, Tensor, Tensor | None]]:
         """(values, bias, fill) per layer, with constants folded forward."""
@@ -261,8 +253,7 @@ class MaskedView(nn.Module):
         return bias_of(self._linear)
 
 
-def condense_one(linear: nn.Linear, mask: Tensor | None, *,
-                 layer_types: tuple[type[nn.Module], type[nn.Module]],
+def condense_one(linear: nn.Linear, mask: Tensor | None, *, layer_type: type[nn.Module],
                  kernel: str = "auto") -> nn.Module:
     """Condense one ``nn.Linear`` through ``mask``, its own mask, or its weight's nonzeros."""
     if not isinstance(linear, nn.Linear):
@@ -277,8 +268,8 @@ def condense_one(linear: nn.Linear, mask: Tensor | None, *,
         linear = MaskedView(linear, linear.weight.detach() != 0)
     else:
         mask_of(linear)  # validate
-    chain = Chain([linear], [[]], ["linear"], layer_types=layer_types, kernel=kernel)
+    chain = Chain([linear], [[]], ["linear"], layer_type=layer_type, kernel=kernel)
     layer = chain.build()[0]
     if isinstance(linear, MaskedView):  # only weakly referenced by the chain: keep it
-        object.__setattr__(layer, "_keepalive", linear)
+        layer.keep_alive(linear)
     return layer

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from sparse_agents.condensed.chain import Chain, dead_ref
 from sparse_agents.condensed.kernels import KERNELS
-from sparse_agents.condensed.layers import CondensedLinear, PaddedCondensedLinear, condense_linear
+from sparse_agents.condensed.layers import CondensedLinear, condense_linear
 from sparse_agents.condensed.masks import has_mask, is_plain_linear, mask_of
 from sparse_agents.topology import MASKABLE
 
@@ -32,7 +32,6 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
 #: masked layer types that are reported when kept dense-masked (the topology's, plus
 #: Bilinear for masks users add themselves)
 _MASKABLE = (*MASKABLE, nn.Bilinear)
-_LAYER_TYPES = (CondensedLinear, PaddedCondensedLinear)
 #: said (report note and warning) when a model has nothing to condense
 NO_MASK = ("no masked layer found, nothing was condensed: give the model's nn.Linear "
            "layers masks with a SparseTopology, a 'weight_mask' buffer (bool or 0/1), or "
@@ -163,9 +162,9 @@ def refresh(model: nn.Module, force: bool = False) -> bool:
         chains = list(state.chains)
     else:
         for m in model.modules():
-            if isinstance(m, CondensedLinear) and m._chain is not None \
-                    and all(m._chain is not c for c in chains):
-                chains.append(m._chain)
+            if isinstance(m, CondensedLinear) and m.chain is not None \
+                    and all(m.chain is not c for c in chains):
+                chains.append(m.chain)
     changed = False
     for chain in chains:
         changed |= chain.refresh(force=force)
@@ -266,7 +265,7 @@ def _condense_sequentials(target: nn.Module, src_mods: dict[str, nn.Module], ker
             if not any(has_mask(src_mods[n]) for n in names):
                 continue
             chain = Chain([src_mods[n] for n in names], [acts for _, _, acts in run], names,
-                          layer_types=_LAYER_TYPES, kernel=kernel)
+                          layer_type=CondensedLinear, kernel=kernel)
             found.add(chain, [(seq, key) for key, _, _ in run])
 
 
@@ -280,7 +279,7 @@ def _condense_standalone(target: nn.Module, src_mods: dict[str, nn.Module], kern
         parent = target.get_submodule(parent_name) if name else None
         if is_plain_linear(m) and parent is not None and \
                 not isinstance(parent, nn.MultiheadAttention):
-            chain = Chain([src_mods[name]], [[]], [name], layer_types=_LAYER_TYPES,
+            chain = Chain([src_mods[name]], [[]], [name], layer_type=CondensedLinear,
                           kernel=kernel)
             found.add(chain, [(parent, attr)])
         elif isinstance(m, _MASKABLE):

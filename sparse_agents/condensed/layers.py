@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparse_agents.condensed import kernels as K
-from sparse_agents.condensed.chain import condense_one, index_dtype
+from sparse_agents.condensed.chain import Chain, condense_one, index_dtype
 
 __all__ = ["CondensedLinear", "PaddedCondensedLinear", "condense_linear", "index_dtype"]
 
@@ -58,10 +58,10 @@ class CondensedLinear(nn.Module):
                  fill: Tensor | None = None, kernel: str = "auto") -> None:
         super().__init__()
         self.kernel = kernel
-        self._chain = None  # set by condense(): the chain this layer belongs to
+        self._chain = None  # set by bind(): the chain this layer belongs to
         self._link = -1
         self.source_name: str | None = None
-        #: the source layer's row of each kept row (set by condense)
+        #: the source layer's row of each kept row (set by bind / restructure)
         self.source_rows: Tensor | None = None
         self._contiguous_output = True
         self._reset_caches()
@@ -178,6 +178,53 @@ class CondensedLinear(nn.Module):
         self._reset_caches()
 
     @classmethod
+    def for_structure(cls, values: Tensor, indices: Tensor, bias: Tensor | None = None,
+                      rows: Tensor | None = None, *, in_features: int,
+                      out_features: int | None = None, lengths: Tensor | None = None,
+                      fill: Tensor | None = None, kernel: str = "auto") -> CondensedLinear:
+        """A layer of the layout this structure needs (arguments as the constructor): a
+        :class:`PaddedCondensedLinear` when ``lengths`` vary between rows, else a
+        :class:`CondensedLinear`."""
+        layout = _layout_for(values, lengths)
+        return layout(values, indices, bias, rows, in_features=in_features,
+                      out_features=out_features, lengths=lengths, fill=fill, kernel=kernel)
+
+    @torch.inference_mode(False)
+    def restructure(self, values: Tensor, indices: Tensor, bias: Tensor | None,
+                    rows: Tensor | None, *, in_features: int, out_features: int | None,
+                    lengths: Tensor | None, fill: Tensor | None,
+                    source_rows: Tensor | None = None) -> None:
+        """Install a new structure in place (arguments as the constructor, moved to this
+        layer's device and dtype): the layer stays the same module of its model and
+        switches between the constant and padded layout as ``lengths`` need. Clears
+        every cached kernel."""
+        dev, dtype = self.values.device, self.values.dtype
+
+        def move(t: Tensor | None, floating: bool) -> Tensor | None:
+            return None if t is None else t.to(dev, dtype) if floating else t.to(dev)
+
+        self.__class__ = _layout_for(values, lengths)
+        self._set_structure(move(values, True), move(indices, False), move(bias, True),
+                            move(rows, False), in_features=in_features,
+                            out_features=out_features, lengths=move(lengths, False),
+                            fill=move(fill, True))
+        if source_rows is not None:
+            self.source_rows = source_rows.to(dev)
+
+    def bind(self, chain: Chain, link: int, source_name: str, source_rows: Tensor) -> None:
+        """Make this layer link ``link`` of ``chain`` (what :meth:`refresh` re-gathers
+        from): the condensed source layer ``source_name``, whose rows ``source_rows`` it
+        keeps."""
+        self._chain, self._link, self.source_name = chain, int(link), source_name
+        self.source_rows = source_rows.to(self.values.device)
+
+    def keep_alive(self, obj: object) -> None:
+        """Keep ``obj`` (not a submodule) alive as long as this layer: the chain holds
+        its sources weakly, and the masked view of ``from_linear(linear, mask)`` has no
+        other owner."""
+        object.__setattr__(self, "_keepalive", obj)
+
+    @classmethod
     def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None, *,
                     kernel: str = "auto") -> CondensedLinear:
         """Condense one ``nn.Linear`` through ``mask``, else its own mask (a ``weight_mask``
@@ -187,6 +234,12 @@ class CondensedLinear(nn.Module):
         return condense_linear(linear, mask, kernel=kernel)
 
     # ------------------------------------------------------------------ info
+    @property
+    def chain(self) -> Chain | None:
+        """The chain of source layers this layer was condensed in (``None``: built
+        directly from tensors, nothing to refresh from)."""
+        return self._chain
+
     @property
     def n_alive(self) -> int:
         return self.values.shape[0]
@@ -234,8 +287,9 @@ class CondensedLinear(nn.Module):
                                "build it with condense() or CondensedLinear.from_linear()")
         return self._chain.refresh(force=force)
 
-    def _set_values(self, values: Tensor, bias: Tensor, fill: Tensor | None) -> None:
-        """Copy new values in place (same structure) and update materialised layouts."""
+    def set_values(self, values: Tensor, bias: Tensor, fill: Tensor | None = None) -> None:
+        """Copy new values, bias (and ``fill``) in place, same structure and shapes;
+        materialised layouts follow."""
         with torch.no_grad():
             self.values.copy_(values)
             self.bias.copy_(bias)
@@ -480,8 +534,17 @@ class PaddedCondensedLinear(CondensedLinear):
                          out_features=out_features, lengths=lengths, fill=fill, kernel=kernel)
 
 
+def _layout_for(values: Tensor, lengths: Tensor | None) -> type[CondensedLinear]:
+    """:class:`PaddedCondensedLinear` when ``lengths`` vary between the rows of
+    ``values [n, k]``, else :class:`CondensedLinear` (which validates the arguments)."""
+    if lengths is None or not isinstance(values, Tensor) or values.dim() != 2:
+        return CondensedLinear
+    n, k = values.shape
+    varying = n > 0 and bool((lengths != k).any())
+    return PaddedCondensedLinear if varying else CondensedLinear
+
+
 def condense_linear(linear: nn.Linear, mask: Tensor | None = None, *,
                     kernel: str = "auto") -> CondensedLinear:
     """Condense one ``nn.Linear`` (see :meth:`CondensedLinear.from_linear`)."""
-    return condense_one(linear, mask, layer_types=(CondensedLinear, PaddedCondensedLinear),
-                        kernel=kernel)
+    return condense_one(linear, mask, layer_type=CondensedLinear, kernel=kernel)

@@ -69,8 +69,9 @@ HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
 #: ``*_l2_reg``) is Adam's ``weight_decay=2c``. The L2 differs between a paper's dense
 #: and sparse configs (``SPARSE_RUNS``): DQN 1e-6 in both, PPO 1e-6 dense and 1e-4
 #: sparse, SAC 1e-4 dense and 1e-6 sparse. TF-Agents' DQN does not clip gradients
-#: (``max_grad_norm=inf``). What SB3 cannot express is listed in docs/rl.md (the squared
-#: TD loss, He/orthogonal inits, an L2 on kernels only: Adam's covers biases too).
+#: (``max_grad_norm=inf``). What SB3 cannot express is listed in docs/rl.md, "Known
+#: limitations" (the squared TD loss, He/orthogonal inits, an L2 on kernels only: Adam's
+#: covers biases too).
 GRAESSER: dict[tuple[str, str], dict[str, Any]] = {
     ("dqn", "CartPole-v1"): dict(net_arch=[512, 512], learning_rate=1e-3, batch_size=128,
                                  buffer_size=100_000, learning_starts=1000, gamma=0.99,

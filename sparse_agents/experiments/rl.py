@@ -227,7 +227,10 @@ def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float =
 def evaluation_callback(eval_env, every: int, episodes: int, rows: list, csv_path=None,
                         echo=None):
     """An SB3 callback evaluating the deterministic policy every ``every`` timesteps
-    (and at the start and the end); rows ``(timesteps, mean, std)``."""
+    (and at the start and the end); rows ``(timesteps, mean, std)``, ``std`` the spread of
+    that one evaluation's episode returns: population std (÷ n), as SB3's
+    ``evaluate_policy`` reports it, describing the episodes rather than estimating a spread
+    over seeds (no table shows it as ``± std``)."""
     class EvalCurve(BaseCallback):
         def __init__(self) -> None:
             super().__init__()

@@ -38,6 +38,7 @@ import inspect
 import math
 import re
 import sys
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -46,21 +47,20 @@ import numpy as np
 import torch
 from gymnasium import spaces as gym_spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel, BasePolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 from torch import nn
 
 from sparse_agents.compute import CondensedLinearTraining, condensed_linear
-from sparse_agents.distributions import METHODS, check_sparsity, dense_fits_budget
+from sparse_agents.config import SparseConfig
+from sparse_agents.distributions import dense_fits_budget
 from sparse_agents.flops import flops
 from sparse_agents.sb3.lr import check_lr_scale, scale_learning_rate
 from sparse_agents.sb3.schedule import planned_optimizer_steps
-from sparse_agents.schedules import SCHEDULES, UpdateSchedule
-from sparse_agents.sparse_init import check_sparse_init
 from sparse_agents.topology import (
     MASK_BUFFER,
     SparseTopology,
-    check_compute,
     find_maskable,
     match_layer,
 )
@@ -72,35 +72,32 @@ __all__ = ["FUSED_BY_DEFAULT", "SPARSE_DEFAULTS", "SparsePolicyMixin", "Topology
 #: the options a sparse policy takes through ``policy_kwargs``, with their defaults (the
 #: algorithm family's RL schedule, ``FAMILY_DEFAULTS``, replaces delta_t, drop_fraction
 #: and t_end_fraction: see :func:`defaults_for`)
-SPARSE_DEFAULTS: dict[str, Any] = {
-    "sparsity": 0.9,
-    "updater": "srigl",
-    "distribution": "erk",
-    "delta_t": 100,
-    "t_end": None,  # None: t_end_fraction of the optimizer steps learn() will take
-    "t_end_fraction": 0.75,
-    "drop_fraction": 0.3,
-    "schedule": "cosine",
-    "gamma_sal": 0.3,
-    # None keeps SB3's initial values; "fan_in"/"fan_avg" rescale them to each unit's real
-    # fans (sparse_agents.sparse_init); the on-policy default is "fan_avg" (FAMILY_DEFAULTS)
-    "sparse_init": None,
-    "dense_layers": (),
+#: the topology options a sparse policy takes as its own keywords (the others go
+#: through ``topology_kwargs``); their defaults are :class:`SparseConfig`'s
+POLICY_TOPOLOGY_OPTIONS = ("sparsity", "updater", "distribution", "delta_t", "t_end",
+                           "drop_fraction", "schedule", "gamma_sal", "sparse_init",
+                           "dense_layers", "output_layers", "seed", "compute")
+#: the options only a policy has, with their defaults
+POLICY_OPTIONS: dict[str, Any] = {
+    "t_end_fraction": 0.75,  # t_end=None: this fraction of the optimizer steps learn() takes
     "dense_input": False,  # keep the layers that read the observation dense (None: if they fit)
-    "output_layers": None,  # None: the policy's heads (action_net, value_net, q-heads...)
-    "seed": 0,
     "condensed_rollout": False,
     "log_sparsity": True,
-    "topology_kwargs": None,
+    "topology_kwargs": None,  # more SparseTopology options (power, renormalise, ...)
     # the optimizers step at lr_scale x the algorithm's learning rate (sparse_agents.sb3.lr)
     "lr_scale": 1.0,
-    # which layers train on their active weights only (SparseTopology's compute)
-    "compute": "auto",
 }
+#: the options a sparse policy takes through ``policy_kwargs``, with their defaults (the
+#: algorithm family's RL schedule, ``FAMILY_DEFAULTS``, replaces delta_t, drop_fraction
+#: and t_end_fraction: see :func:`defaults_for`). ``output_layers=None``: the policy's
+#: heads (action_net, value_net, q-heads...)
+SPARSE_DEFAULTS: dict[str, Any] = {
+    **{k: getattr(SparseConfig(), k) for k in POLICY_TOPOLOGY_OPTIONS}, **POLICY_OPTIONS}
 
 #: RL defaults per algorithm family, replacing the image-classification ones (update every
-#: 100 steps, drop 0.3). On-policy (PPO, A2C): measured in docs/rl.md ("RL defaults"),
-#: input layers dense and Graesser et al.'s sparse init (fan_avg) included;
+#: 100 steps, drop 0.3). On-policy (PPO, A2C): measured in docs/rl_benchmarks.md ("PPO
+#: CartPole: the on-policy defaults"), input layers dense and Graesser et al.'s sparse init
+#: (fan_avg) included;
 #: off-policy (DQN, SAC, TD3): Graesser et al. 2022's configs (update every 1000
 #: training steps, drop fraction 0.5 cosine, updates stop at 80%).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -114,7 +111,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 #: on the CPU the default (single-tensor) kernels take a slow path on the exact zeros
 #: masked weights keep in their second moments (``sqrt`` of 0 costs ~6x), which made
 #: sparse training 10-25% slower than dense; the fused kernel computes the same update
-#: without it (docs/rl.md, "Wall-time overhead").
+#: without it (docs/rl_benchmarks.md, "Wall-time overhead").
 FUSED_BY_DEFAULT = (torch.optim.Adam, torch.optim.AdamW)
 #: optimizer keywords that choose an implementation (the user's choice is kept)
 _IMPLEMENTATION_KEYS = ("fused", "foreach", "differentiable", "capturable")
@@ -149,35 +146,21 @@ _HEAD_SEQUENTIALS = re.compile(r"q_net|qf\d+|mu")
 _INPUT_SEQUENTIALS = re.compile(r"policy_net|value_net|q_net|latent_pi|qf\d+|mu")
 
 
-def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Validate the sparse options; ``ValueError`` names the parameter and its range."""
+def topology_config(opts: Mapping[str, Any]) -> SparseConfig:
+    """The topology options of a policy's ``opts`` (its own keywords, then
+    ``topology_kwargs``) as one config; masks are always applied in backward."""
+    return SparseConfig(**{k: opts[k] for k in POLICY_TOPOLOGY_OPTIONS},
+                        **(opts["topology_kwargs"] or {}), grad_masking="backward")
+
+
+def check_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Validate the sparse options; ``ValueError`` names the parameter and its range
+    (the topology options are :class:`SparseConfig`'s checks)."""
     opts = dict(opts)
-    opts["sparsity"] = check_sparsity(opts["sparsity"])
     try:
         get_updater(opts["updater"])
     except ValueError as err:
         raise ValueError(f"{err} (for a dense agent use the plain SB3 policy)") from None
-    if opts["distribution"] not in METHODS:
-        raise ValueError(f"distribution must be one of {METHODS}, got {opts['distribution']!r}")
-    if opts["schedule"] not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {opts['schedule']!r}")
-    UpdateSchedule(opts["delta_t"], opts["t_end"], opts["drop_fraction"], opts["schedule"])
-    frac = opts["t_end_fraction"]
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac <= 1.0:
-        raise ValueError(f"t_end_fraction must be a number in (0, 1], got {frac!r}")
-    if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int):
-        raise ValueError(f"seed must be an integer, got {opts['seed']!r}")
-    if opts["condensed_rollout"] not in (True, False):
-        raise ValueError(
-            f"condensed_rollout must be True or False, got {opts['condensed_rollout']!r}")
-    if opts["dense_input"] not in (True, False, None):
-        raise ValueError("dense_input must be True, False or None (dense if they fit in the "
-                         f"budget), got {opts['dense_input']!r}")
-    check_sparse_init(opts["sparse_init"])
-    opts["lr_scale"] = check_lr_scale(opts["lr_scale"])
-    check_compute(opts["compute"])
-    if opts["log_sparsity"] not in (True, False):
-        raise ValueError(f"log_sparsity must be True or False, got {opts['log_sparsity']!r}")
     kw = opts["topology_kwargs"]
     if kw is not None and not isinstance(kw, Mapping):
         raise ValueError(f"topology_kwargs must be a dict or None, got {type(kw).__name__}")
@@ -185,16 +168,21 @@ def _check_options(opts: dict[str, Any]) -> dict[str, Any]:
     if clash:
         raise ValueError(f"topology_kwargs must not repeat {sorted(clash)}: "
                          "pass them as policy_kwargs (grad_masking is always 'backward')")
-    unknown = set(kw or {}) - set(inspect.signature(SparseTopology).parameters)
-    if unknown:
-        raise ValueError(f"topology_kwargs has unknown keys {sorted(unknown)}: SparseTopology "
-                         "takes power, renormalise, ablate_output, exclude_layers, budgets, masks")
-    for key in ("dense_layers", "output_layers"):
-        value = opts[key]
-        if isinstance(value, (str, int)):
-            opts[key] = (value,)
-        elif value is not None and not isinstance(value, Iterable):
-            raise ValueError(f"{key} must be a list of layer names/regexes, got {value!r}")
+    SparseConfig.from_dict(kw or {}, what="topology_kwargs")  # unknown keys are named
+    config = topology_config(opts)
+    opts.update({k: getattr(config, k) for k in POLICY_TOPOLOGY_OPTIONS})
+    frac = opts["t_end_fraction"]
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac <= 1.0:
+        raise ValueError(f"t_end_fraction must be a number in (0, 1], got {frac!r}")
+    if opts["condensed_rollout"] not in (True, False):
+        raise ValueError(
+            f"condensed_rollout must be True or False, got {opts['condensed_rollout']!r}")
+    if opts["dense_input"] not in (True, False, None):
+        raise ValueError("dense_input must be True, False or None (dense if they fit in the "
+                         f"budget), got {opts['dense_input']!r}")
+    opts["lr_scale"] = check_lr_scale(opts["lr_scale"])
+    if opts["log_sparsity"] not in (True, False):
+        raise ValueError(f"log_sparsity must be True or False, got {opts['log_sparsity']!r}")
     return opts
 
 
@@ -337,15 +325,25 @@ class SparseRuntime:
     # ------------------------------------------------------------------ build
     def build(self, policy: nn.Module) -> None:
         opts = self.opts
-        groups = _optimizers(policy)
+        groups = policy_optimizers(policy)
         if not groups:
             raise ValueError(f"{type(policy).__name__} has no optimizer after _build: "
                              "a sparse policy needs one (policy.optimizer or "
                              "<module>.optimizer)")
-        names = []
-        for _, opt in groups:
+        # a layer two optimizers train (TD3's features extractor shared by actor and
+        # critic) belongs to the first one's topology; the others leave it alone
+        names: list[list[str]] = []
+        shared: list[list[str]] = []
+        owner: dict[str, int] = {}
+        for i, (_, opt) in enumerate(groups):
             trained = {id(p) for g in opt.param_groups for p in g["params"]}
-            names.append([n for n, m in find_maskable(policy) if id(m.weight) in trained])
+            mine = [n for n, m in find_maskable(policy) if id(m.weight) in trained]
+            names.append([n for n in mine if n not in owner])
+            shared.append([n for n in mine if n in owner])
+            owner.update({n: i for n in mine if n not in owner})
+        # another optimizer steps these layers' weights: they train masked (a condensed
+        # layer's trainable values would be in its owner's optimizer only)
+        masked_owners = {owner[n] for names_i in shared for n in names_i}
         if not any(names):
             raise ValueError(
                 f"{type(policy).__name__} has no maskable layer (nn.Linear or "
@@ -364,21 +362,20 @@ class SparseRuntime:
             gammas = [{p: gamma[p] for p in pats} for pats in split]
         else:
             gammas = [gamma] * len(groups)
-        extra = dict(opts["topology_kwargs"] or {})
-        shares = _split_named(extra, names)
+        config = topology_config(opts)
+        shares = _split_named(opts["topology_kwargs"] or {}, names)
         for i, (key, opt) in enumerate(groups):
             if not names[i] or shares[i] is None:
                 continue
-            self.topologies[key] = SparseTopology(
-                policy, opt, sparsity=opts["sparsity"], updater=opts["updater"],
-                distribution=opts["distribution"], delta_t=opts["delta_t"],
-                t_end=opts["t_end"], drop_fraction=opts["drop_fraction"],
-                schedule=opts["schedule"], gamma_sal=gammas[i], dense_layers=dense[i],
-                seed=opts["seed"] + i, output_layers=outputs[i],
-                sparse_init=opts["sparse_init"], grad_masking="backward",
-                compute=opts["compute"], **{**extra, **shares[i]})
+            own = config.replace(
+                gamma_sal=gammas[i], dense_layers=dense[i], seed=opts["seed"] + i,
+                output_layers=outputs[i], exclude_layers=(
+                    *config.exclude_layers, *map(re.escape, shared[i])),
+                compute="masked" if i in masked_owners else config.compute, **shares[i])
+            self.topologies[key] = SparseTopology.from_config(policy, opt, own)
         self._build_targets(policy)
         self._short = self._short_names()
+        warn_thin_layers(self.topologies, opts["sparsity"])
 
     def _build_targets(self, policy: nn.Module) -> None:
         """Pair every masked module reachable from ``<x>`` with the module at the same
@@ -470,6 +467,7 @@ class SparseRuntime:
                 return
             algo = found
             self.algo_ref = weakref.ref(algo)
+            recommend_cpu(policy, algo)
         if mode:
             self._place_t_end(algo)
         # record from the algorithm's own calls (train, collect_rollouts), not predict()
@@ -569,6 +567,21 @@ class SparseRuntime:
             self._recorded_key = key
 
 
+def recommend_cpu(policy: nn.Module, algo: BaseAlgorithm) -> None:
+    """SB3's hint for PPO/A2C with an MLP policy on the GPU, which SB3 gives only when
+    the policy class is named ``ActorCriticPolicy``; here for its sparse class."""
+    if isinstance(algo, OnPolicyAlgorithm) and algo.device != torch.device("cpu") and \
+            type(policy).__mro__[type(policy).__mro__.index(SparsePolicyMixin) + 1] \
+            is ActorCriticPolicy:
+        warnings.warn(
+            f"You are trying to run {type(algo).__name__} on the GPU, but it is primarily "
+            "intended to run on the CPU when not using a CNN policy (you are using "
+            f"{type(policy).__name__}, a sparse MlpPolicy). See "
+            "https://github.com/DLR-RM/stable-baselines3/issues/1245 for more info. You "
+            "can pass `device='cpu'` or `export CUDA_VISIBLE_DEVICES=` to force using the "
+            "CPU.", UserWarning, stacklevel=2)
+
+
 def _zero_observation(space) -> Any:
     sub = getattr(space, "spaces", None)
     if isinstance(sub, Mapping):
@@ -602,7 +615,7 @@ def record_metrics(logger, metrics: Mapping[str, float]) -> None:
         logger.record(f"sparse/{key}", value, exclude=("stdout", "log") if quiet else None)
 
 
-def _optimizers(policy: nn.Module) -> list[tuple[str, torch.optim.Optimizer]]:
+def policy_optimizers(policy: nn.Module) -> list[tuple[str, torch.optim.Optimizer]]:
     """``(key, optimizer)``: ``policy.optimizer`` as ``"policy"``, then every direct
     child's ``optimizer`` under the child's name (SAC/TD3: actor, critic)."""
     out: list[tuple[str, torch.optim.Optimizer]] = []
@@ -718,6 +731,112 @@ def _refuse_dict_observations(cls: type, args: tuple, kwargs: dict) -> None:
                          f"with {extractor.__name__})")
 
 
+#: sub-network (``policy.actor``, ``policy.q_net``, ...) -> its policy, for the load hooks
+#: of :func:`keep_subnetworks_plain` (a deep copy of a sub-network is not in it)
+_SUBNETWORK_OWNER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _masked_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in root.named_modules()
+            if isinstance(getattr(m, MASK_BUFFER, None), torch.Tensor)]
+
+
+def _drop_masks_at_root(module: nn.Module, state_dict: dict, prefix: str,
+                        local_metadata: dict) -> None:
+    """A sub-network's own ``state_dict()`` (``actor.save``) holds no mask buffers, so
+    its plain SB3 class loads it (weights outside the masks are 0 in it)."""
+    if prefix:
+        return
+    for key in [k for k in state_dict if k.rpartition(".")[2] == MASK_BUFFER]:
+        del state_dict[key]
+
+
+def _keep_masks_at_root(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Loading a sub-network's own state (no mask buffers) keeps its masks."""
+    if prefix:
+        return
+    _LOADED_ALONE.add(module)
+    for name, m in _masked_modules(module):
+        key = f"{name}.{MASK_BUFFER}" if name else MASK_BUFFER
+        if key not in state_dict:
+            state_dict[key] = getattr(m, MASK_BUFFER).clone()
+
+
+#: sub-networks being loaded on their own (set by the pre-hook, read by the post-hook)
+_LOADED_ALONE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _remask_after_load(module: nn.Module, incompatible_keys) -> None:
+    """After a ``load_state_dict`` without the topology state (``strict=False`` without
+    ``sparse_state``, or a sub-network's own state): the topologies zero the loaded
+    weights outside the masks, so the policy acts as it will after save and load. A
+    state with the topology state is consistent already (it was saved masked)."""
+    if isinstance(module, SparsePolicyMixin):
+        policy = module
+        if not any(k.endswith("sparse_state._extra_state")
+                   for k in incompatible_keys.missing_keys):
+            return
+    else:
+        if module not in _LOADED_ALONE:
+            return
+        _LOADED_ALONE.discard(module)
+        ref = _SUBNETWORK_OWNER.get(module)
+        policy = ref() if ref is not None else None
+    runtime = None if policy is None else policy.__dict__.get("_sparse")
+    if runtime is None:
+        return
+    for topo in runtime.topologies.values():
+        topo.remask()
+    runtime.sync_targets(force=True)
+
+
+#: a masked layer whose units keep fewer active inputs than this on average (at
+#: initialisation) barely carries signal: its output hardly depends on the observation
+MIN_FAN_IN = 2.0
+
+
+def warn_thin_layers(topologies: Mapping[str, SparseTopology], sparsity: float) -> None:
+    """Warn (once per policy) when a masked layer keeps under :data:`MIN_FAN_IN` active
+    inputs per unit: the network is too small for its sparsity and learns nothing
+    (every gradient is ~0). Names the layer, its fan-in and the sparsity at which its
+    units keep about ``MIN_FAN_IN`` inputs."""
+    thin = []
+    for topo in topologies.values():
+        for layer in topo.layers:
+            mask = layer.mask
+            fan_in = float(mask.sum()) / mask.shape[0]
+            if fan_in < MIN_FAN_IN and mask[0].numel() > MIN_FAN_IN:
+                # layer densities scale with 1 - sparsity (ERK/ER/uniform, uncapped)
+                needed = 1.0 - (1.0 - sparsity) * MIN_FAN_IN / max(fan_in, 1e-9)
+                thin.append((layer.module_name, fan_in, mask[0].numel(),
+                             max(0.0, math.floor(needed * 20) / 20)))
+    if not thin:
+        return
+    worst = min(s for *_, s in thin)
+    names = ", ".join(f"{n} keeps {f:.1f} of {k} inputs per unit" for n, f, k, _ in thin)
+    warnings.warn(
+        f"sparsity={sparsity:g} is too high for this network: {names}, so its output "
+        f"hardly depends on the observation and it may learn nothing. Use sparsity <= "
+        f"{worst:g} (each unit then keeps about {MIN_FAN_IN:g} inputs), a wider net_arch, "
+        "or dense_layers for these layers.", UserWarning, stacklevel=2)
+
+
+def keep_subnetworks_plain(policy: nn.Module) -> None:
+    """Hooks for SB3's sub-network save/load (``policy.actor.save(path)`` then
+    ``Actor.load(path)``; likewise ``critic``, ``q_net`` and the targets): the state of a
+    sub-network saved on its own has no masks, loads into the plain class, and loads
+    back into the sparse sub-network keeping its masks. The policy and its sub-networks
+    re-mask their weights after every load."""
+    policy.register_load_state_dict_post_hook(_remask_after_load)
+    for child in policy.children():
+        if not isinstance(child, BaseModel) or not _masked_modules(child):
+            continue
+        _SUBNETWORK_OWNER[child] = weakref.ref(policy)
+        child.register_state_dict_post_hook(_drop_masks_at_root)
+        child.register_load_state_dict_pre_hook(_keep_masks_at_root)
+        child.register_load_state_dict_post_hook(_remask_after_load)
+
+
 class SparsePolicyMixin:
     """Mix into an SB3 policy class (first base) to train it sparse. See the module
     docstring; options (``policy_kwargs``) and defaults are :func:`defaults_for` the
@@ -754,7 +873,7 @@ class SparsePolicyMixin:
 
     def __init__(self, *args, **kwargs) -> None:
         opts = {k: kwargs.pop(k, v) for k, v in defaults_for(type(self)).items()}
-        self._sparse_options = _check_options(opts)
+        self._sparse_options = check_options(opts)
         _refuse_dict_observations(type(self), args, kwargs)
         self._sparse: SparseRuntime | None = None
         super().__init__(*args, **kwargs)
@@ -764,10 +883,11 @@ class SparsePolicyMixin:
                                                        self.optimizer_kwargs)
         super()._build(*args, **kwargs)
         runtime = self._make_runtime()
-        for _, optimizer in _optimizers(self):
+        for _, optimizer in policy_optimizers(self):
             scale_learning_rate(optimizer, self._sparse_options["lr_scale"])
         self._sparse = runtime
         self._keep_state(runtime)
+        keep_subnetworks_plain(self)
 
     def _make_runtime(self) -> SparseRuntime:
         """The topologies of the built networks (a subclass may build them otherwise,

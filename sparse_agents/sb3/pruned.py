@@ -31,11 +31,11 @@ from torch.nn.utils import prune
 from sparse_agents.sb3.mixin import (
     SPARSE_DEFAULTS,
     SparsePolicyMixin,
-    _check_options,
-    _optimizers,
+    check_options,
     defaults_for,
     input_layers,
     make_sparse,
+    policy_optimizers,
 )
 from sparse_agents.topology import MASK_BUFFER, MASK_SOURCES, MASKABLE, match_layer
 
@@ -132,7 +132,7 @@ def _options(options: Mapping[str, Any], policy_class: type) -> dict[str, Any]:
     if isinstance(kw, Mapping) and {"masks", "budgets"} & set(kw):
         raise ValueError("topology_kwargs must not give masks or budgets: continue_sparse's "
                          "masks argument sets both")
-    _check_options({**defaults_for(policy_class), **options})
+    check_options({**defaults_for(policy_class), **options})
     out = dict(options)
     dense = out.get("dense_layers", ())
     out["dense_layers"] = (dense,) if isinstance(dense, (str, int)) else tuple(dense or ())
@@ -148,7 +148,7 @@ def _maskable(policy: nn.Module) -> list[list[str]]:
     Linear/Conv layers whose weight it trains (``weight_orig`` for a pruned one)."""
     modules = [(n, m) for n, m in policy.named_modules() if isinstance(m, MASKABLE)]
     out = []
-    for _, opt in _optimizers(policy):
+    for _, opt in policy_optimizers(policy):
         trained = {id(p) for g in opt.param_groups for p in g["params"]}
         out.append([n for n, m in modules
                     if id(m._parameters.get("weight", m._parameters.get("weight_orig")))
@@ -271,10 +271,10 @@ def _rebuild(model: BaseAlgorithm, policy_class: type, policy_kwargs: dict[str, 
         value = recursive_getattr(model, name)
         if value is not None:
             recursive_getattr(new, name).data.copy_(value.data)
-    policy_optimizers = {id(opt) for _, opt in _optimizers(model.policy)}
+    trained_by_policy = {id(opt) for _, opt in policy_optimizers(model.policy)}
     for name in state_dicts:
         obj = recursive_getattr(model, name)
-        if name != "policy" and id(obj) not in policy_optimizers:
+        if name != "policy" and id(obj) not in trained_by_policy:
             recursive_getattr(new, name).load_state_dict(obj.state_dict())
     if model._custom_logger:
         new.set_logger(model.logger)

@@ -8,7 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sparse_agents.sb3.mixin import SparseRuntime, default_heads, input_patterns
+from sparse_agents.sb3.mixin import (
+    SparseRuntime,
+    default_heads,
+    input_patterns,
+    topology_config,
+)
 from sparse_agents.sb3.policies import SparseActorCriticPolicy
 from sparse_agents.task_masks import TaskMasks
 from sparse_agents.topology import find_maskable
@@ -83,14 +88,10 @@ class TaskMaskActorCriticPolicy(SparseActorCriticPolicy):
                 output_layers = ()
         elif output_layers is None:
             output_layers = heads
-        self.task_masks = TaskMasks(
-            self, sparsity=opts["sparsity"], updater=opts["updater"],
-            distribution=opts["distribution"], transfer=topts["transfer"], seed=opts["seed"],
-            n_tasks=topts["n_tasks"], overflow=topts["overflow"], dense_layers=dense,
-            delta_t=opts["delta_t"], t_end=opts["t_end"], drop_fraction=opts["drop_fraction"],
-            schedule=opts["schedule"], gamma_sal=opts["gamma_sal"],
-            output_layers=output_layers, grad_masking="backward", compute=opts["compute"],
-            **dict(opts["topology_kwargs"] or {}))
+        config = topology_config(opts).replace(dense_layers=tuple(dense),
+                                               output_layers=output_layers)
+        self.task_masks = TaskMasks(self, transfer=topts["transfer"], n_tasks=topts["n_tasks"],
+                                    overflow=topts["overflow"], config=config)
         # the mixin's runtime (t_end from learn(), sparse/ metrics) over that topology
         return SparseRuntime(self, opts, topologies={"policy": self.task_masks.topology})
 

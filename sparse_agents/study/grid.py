@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from sparse_agents.distributions import METHODS, check_sparsity
+from sparse_agents.distributions import check_sparsity
 from sparse_agents.study.job import Job
 from sparse_agents.study.workloads import check_workload
 from sparse_agents.updaters import DENSE, check_updaters
@@ -50,7 +50,8 @@ def _seeds(value) -> list[int]:
 
 
 def grid_axes(spec: Mapping) -> dict[str, list]:
-    """The axes of ``spec`` (defaults from ``AXES``), each value checked."""
+    """The axes of ``spec`` (defaults from ``AXES``), sparsities as floats, updaters and
+    workloads checked (distributions are checked by each job's config)."""
     seeds = _seeds(_axis(spec, "seed"))
     axes = {
         "workload": _as_list(_axis(spec, "workload")),
@@ -59,9 +60,6 @@ def grid_axes(spec: Mapping) -> dict[str, list]:
         "updater": _as_list(_axis(spec, "updater")),
         "seed": seeds,
     }
-    for d in axes["distribution"]:
-        if d not in METHODS:
-            raise ValueError(f"distribution must be one of {METHODS}, got {d!r}")
     check_updaters(axes["updater"], dense=True)
     for w in axes["workload"]:
         check_workload(w)
@@ -74,7 +72,9 @@ def expand_grid(spec: Mapping) -> list[Job]:
     ``seed`` may be an int ``n`` (seeds ``0..n-1``) or a list. Every key that is not an
     axis is a setting shared by all jobs (e.g. ``epochs``, ``timesteps``, ``task_masks``).
     A dense baseline (``updater="dense"``) is one job per workload and seed: its
-    distribution and sparsity are recorded as ``"none"`` and 0.
+    distribution and sparsity are recorded as ``"none"`` and 0. Every sparse job's
+    topology options (axes and settings) are checked here, by its
+    :meth:`Job.sparse_config`, before anything runs.
     """
     axes = grid_axes(spec)
     axis_keys = set(PLURALS) | set(PLURALS.values())
@@ -85,6 +85,7 @@ def expand_grid(spec: Mapping) -> list[Job]:
             job = Job(w, "none", 0.0, DENSE, seed, settings)
         else:
             job = Job(w, d, s, u, seed, settings)
+            job.sparse_config()  # ValueError naming a bad option
         jobs.setdefault(job.job_id, job)
     return list(jobs.values())
 

@@ -56,10 +56,9 @@ def run_digits(job: Job) -> dict:
     steps_per_epoch = (len(ytr) + batch - 1) // batch
     total = epochs * steps_per_epoch
     topo = None
-    if job.updater != DENSE:
-        topo = SparseTopology(model, opt, sparsity=job.sparsity, updater=job.updater,
-                              distribution=job.distribution, delta_t=int(s.get("delta_t", 10)),
-                              t_end=max(2, int(0.75 * total)), seed=job.seed)
+    config = job.sparse_config(delta_t=10, t_end=max(2, int(0.75 * total)))
+    if config is not None:
+        topo = SparseTopology.from_config(model, opt, config)
     g = torch.Generator().manual_seed(job.seed)
     for _ in range(epochs):
         order = torch.randperm(len(ytr), generator=g)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparse_agents.intervals import mean_std
+
 METHODS = {
     "TaskMask+SRigL": dict(strategy="naive", updater="srigl", task_masks=True, sparse=True),
     "Naive+SRigL": dict(strategy="naive", updater="srigl", task_masks=False, sparse=True),
@@ -199,8 +201,8 @@ def run_cell(stream: str, name: str, sparsity: float | None, args) -> dict:
     fgt = np.array([r["forgetting"] for r in runs])
     bwt = np.array([r["bwt"] for r in runs])
     row = {"stream": stream, "method": name, "sparsity": sparsity if sparse else None,
-           "avg_accuracy": float(acc.mean()), "avg_accuracy_std": float(acc.std()),
-           "forgetting": float(fgt.mean()), "forgetting_std": float(fgt.std()),
+           "avg_accuracy": float(acc.mean()), "avg_accuracy_std": mean_std(acc)[1],
+           "forgetting": float(fgt.mean()), "forgetting_std": mean_std(fgt)[1],
            "max_abs_forgetting": float(np.abs(fgt).max()), "bwt": float(bwt.mean()),
            "seconds_per_run": float(np.mean([r["wall_time"] for r in runs])),
            "seeds": list(args.seeds),

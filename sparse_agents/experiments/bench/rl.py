@@ -592,9 +592,9 @@ def markdown(summary: list[dict], sparsity: float | None) -> str:
           "(`density` column)" if sparsity is None else f"{sparsity:.0%} sparsity")
     lines.append(f"Sparse rows at {at} (ERK unless the row names another "
                  "distribution). `score`: mean of each run's last 10% of deterministic "
-                 "evaluations (Graesser et al.), mean ± std over seeds (÷ n); `Δ vs dense`: "
-                 "(sparse − dense) / |dense| of those means (negative: worse); `final "
-                 "eval`: the evaluation at the end, mean over seeds; `best eval`: "
+                 "evaluations (Graesser et al.), mean ± sample std over seeds (÷ n − 1); "
+                 "`Δ vs dense`: (sparse − dense) / |dense| of those means (negative: "
+                 "worse); `final eval`: the evaluation at the end, mean over seeds; `best eval`: "
                  "mean over seeds of each run's best evaluation; `train time`: "
                  "wall time of `learn()` minus evaluation; `FLOPs/obs`: forward FLOPs per "
                  "observation of the trained policy (`sparse_agents.flops`: active weights "
@@ -688,12 +688,16 @@ def _task_figure(tasks: list[str], draw, out: Path, xlabel: str, ylabel: str) ->
 
 
 def plot(rows: list[dict], out: Path, root: Path) -> None:
-    """Evaluation curves, mean +- std over seeds, per task and method."""
+    """Evaluation curves, mean +- sample std (ddof=1) over seeds, per task and method
+    (no band with one seed)."""
+    import numpy as np
+
     def draw(ax, task: str) -> None:
         for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
             t, y = _curves(rows, root, task, method)
+            sd = y.std(0, ddof=1) if len(y) > 1 else np.zeros(y.shape[1])
             ax.plot(t.mean(0), y.mean(0), label=method)
-            ax.fill_between(t.mean(0), y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.15)
+            ax.fill_between(t.mean(0), y.mean(0) - sd, y.mean(0) + sd, alpha=0.15)
         ax.set_title(task, fontsize=10)
 
     _task_figure(list(dict.fromkeys(r["task"] for r in rows)), draw, out, "timesteps",

@@ -1,6 +1,6 @@
-"""The RL-defaults sweep of docs/rl.md: sparse PPO on CartPole-v1 under several topology
-update schedules and seeds, each one ``sparse-train`` run, scored by the final and the
-last-10% evaluation return (as Graesser et al. score)."""
+"""The RL-defaults sweep of docs/rl_benchmarks.md: sparse PPO on CartPole-v1 under several
+topology update schedules and seeds, each one ``sparse-train`` run, scored by the final and
+the last-10% evaluation return (as Graesser et al. score)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import argparse
 import csv
 import json
 import math
-import statistics
 from pathlib import Path
 
 from sparse_agents.cli.train_agent import main as train
 from sparse_agents.experiments.rl import last_fraction_score
+from sparse_agents.intervals import mean_std
 
 #: keep the first layer of the policy and value MLPs dense (config D)
 DENSE_INPUT = r"dense_layers=['mlp_extractor\\.policy_net\\.0','mlp_extractor\\.value_net\\.0']"
@@ -52,8 +52,8 @@ CONFIGS: dict[str, list[str]] = {
     "fan-avg": FAN_AVG,
     "masked-input-fan-avg": [*MASKED_INPUT, *FAN_AVG],
     "static-masked-input-fan-avg": ["--updater", "static", *MASKED_INPUT, *FAN_AVG],
-    # the optimizer at twice PPO's learning rate (lr_scale; docs/rl.md, "Why sparse PPO
-    # lags on HalfCheetah"), the rest as the defaults of 2026-11-30 written out
+    # the optimizer at twice PPO's learning rate (lr_scale; docs/rl_benchmarks.md, "Why
+    # sparse PPO lags on HalfCheetah"), the rest as the defaults of 2026-11-30 written out
     "lr-scale-2": ["--hp", "lr_scale=2", *FAN_AVG],
 }
 
@@ -146,8 +146,9 @@ def _count(n: float) -> str:
 
 
 def _mean_std(values: list[float]) -> str:
-    std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+    """``mean ± std`` over seeds, the std a sample std (÷ n − 1; nan for one seed)."""
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:

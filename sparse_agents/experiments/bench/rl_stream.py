@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sparse_agents.distributions import METHODS as DISTRIBUTIONS
+from sparse_agents.intervals import mean_std
 from sparse_agents.updaters import updater_names
 
 METHODS = {
@@ -104,8 +105,9 @@ def make_jobs(args, methods: list[str]) -> list[dict]:
 
 
 def _fmt(values: list[float]) -> str:
-    a = np.asarray(values, dtype=float)
-    return f"{a.mean():.1f} ± {a.std():.1f}"
+    """``mean ± std`` over seeds, the std a sample std (÷ n − 1; nan for one seed)."""
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f}"
 
 
 def table(runs: list[dict], names: dict[str, str]) -> str:

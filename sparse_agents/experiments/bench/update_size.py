@@ -2,7 +2,7 @@
 ``train/approx_kl`` and ``train/clip_fraction`` over its ``train()`` calls (the run's
 ``progress.csv``), mean +- std over seeds, and the ratio to the reference (dense) row.
 A sparse policy that moves less per update than dense learns slower at the same
-learning rate (docs/rl.md, "Why sparse PPO lags on HalfCheetah")."""
+learning rate (docs/rl_benchmarks.md, "Why sparse PPO lags on HalfCheetah")."""
 
 from __future__ import annotations
 
@@ -65,6 +65,6 @@ def update_size_markdown(rows: list[dict]) -> str:
             f"{r[k]:.4f} ± {r[k + '_std']:.4f} | {r[k + '_ratio']:.2f}" for k in KEYS) + " |\n"
         for r in rows)
     return ("\nPolicy change per PPO update: each run's mean of SB3's `train/approx_kl` and "
-            "`train/clip_fraction` over its updates (`progress.csv`), mean ± std over "
-            "seeds, and its ratio to dense:\n\n" + head
+            "`train/clip_fraction` over its updates (`progress.csv`), mean ± sample std "
+            "over seeds (÷ n − 1), and its ratio to dense:\n\n" + head
             + "|---|---|---|" + "---|---|" * len(KEYS) + "\n" + lines)
