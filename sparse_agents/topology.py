@@ -1021,15 +1021,17 @@ def _require_mask(module, state_dict, prefix, local_metadata, strict, missing_ke
                   unexpected_keys, error_msgs) -> None:
     """Refuse a checkpoint without (or with a mis-shaped) mask for a masked layer."""
     key = prefix + MASK_BUFFER
-    if key not in state_dict:
+    if key not in state_dict and prefix + "weight" in state_dict:
         # torch passes strict=True to every module whatever the caller asked, so a
-        # missing mask is always refused: a sparse model loads sparse checkpoints.
+        # weight without its mask is always refused: a sparse model loads sparse
+        # checkpoints (a checkpoint without the layer at all is torch's missing key)
         raise ValueError(
             f"checkpoint has no mask {key!r}: it was not saved from a sparse model "
             "with the same masked layers"
         )
     weight = getattr(module, "weight", None)
-    if weight is not None and tuple(state_dict[key].shape) != tuple(weight.shape):
+    if key in state_dict and weight is not None and \
+            tuple(state_dict[key].shape) != tuple(weight.shape):
         raise ValueError(
             f"mask {key!r} has shape {tuple(state_dict[key].shape)}, "
             f"expected the weight's shape {tuple(weight.shape)}"

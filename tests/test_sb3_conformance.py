@@ -124,3 +124,18 @@ def test_stable_baselines3_own_tests_pass_with_sparse_policies():
     counts, text = sb3_conformance.run()
     assert counts["failed"] == 0 and counts["error"] == 0, text[-6000:]
     assert counts["passed"] > 250, counts
+
+
+def test_td3_shared_features_extractor_belongs_to_the_actors_topology():
+    from stable_baselines3.common.envs import FakeImageEnv
+
+    env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=False)
+    model = TD3("SparseCnnPolicy", env, buffer_size=100, policy_kwargs=dict(
+        share_features_extractor=True, features_extractor_kwargs=dict(features_dim=8)))
+    actor, critic = (model.policy.topologies[k] for k in ("actor", "critic"))
+    names = {k: {x.module_name for x in t.layers} for k, t in
+             (("actor", actor), ("critic", critic))}
+    assert "actor.features_extractor.cnn.0" in names["actor"]
+    assert not any("features_extractor" in n for n in names["critic"])
+    assert actor.compute == "masked"  # the critic's optimizer steps those weights too
+    model.learn(120)

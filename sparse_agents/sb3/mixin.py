@@ -375,7 +375,9 @@ class SparseRuntime:
             self.topologies[key] = SparseTopology.from_config(policy, opt, own)
         self._build_targets(policy)
         self._short = self._short_names()
-        warn_thin_layers(self.topologies, opts["sparsity"])
+        warn_thin_layers(self.topologies, opts["sparsity"], reading_input=[
+            re.sub(r"\\(.)", r"\1", p) for group in names
+            for p in input_layers(policy, group)])
 
     def _build_targets(self, policy: nn.Module) -> None:
         """Pair every masked module reachable from ``<x>`` with the module at the same
@@ -747,8 +749,13 @@ def _drop_masks_at_root(module: nn.Module, state_dict: dict, prefix: str,
     its plain SB3 class loads it (weights outside the masks are 0 in it)."""
     if prefix:
         return
-    for key in [k for k in state_dict if k.rpartition(".")[2] == MASK_BUFFER]:
-        del state_dict[key]
+    # modules the sub-network passes to its constructor (a CNN's features extractor) are
+    # pickled with the saved constructor parameters, masks included: their masks stay
+    params = module._get_constructor_parameters().values()
+    carried = {id(m) for v in params if isinstance(v, nn.Module) for m in v.modules()}
+    for name, m in _masked_modules(module):
+        if id(m) not in carried:
+            state_dict.pop(f"{name}.{MASK_BUFFER}" if name else MASK_BUFFER, None)
 
 
 def _keep_masks_at_root(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
@@ -795,17 +802,28 @@ def _remask_after_load(module: nn.Module, incompatible_keys) -> None:
 MIN_FAN_IN = 2.0
 
 
-def warn_thin_layers(topologies: Mapping[str, SparseTopology], sparsity: float) -> None:
-    """Warn (once per policy) when a masked layer keeps under :data:`MIN_FAN_IN` active
-    inputs per unit: the network is too small for its sparsity and learns nothing
-    (every gradient is ~0). Names the layer, its fan-in and the sparsity at which its
-    units keep about ``MIN_FAN_IN`` inputs."""
+#: only layers at least this wide on both sides are checked (a head with a few outputs
+#: reading one unit each still carries the signal)
+_MIN_WIDTH = 8
+
+
+def warn_thin_layers(topologies: Mapping[str, SparseTopology], sparsity: float,
+                     reading_input: Iterable[str] = ()) -> None:
+    """Warn (once per policy) when a masked hidden-to-hidden layer (8+ units on both
+    sides) keeps under :data:`MIN_FAN_IN` active inputs per unit: chains of single
+    connections through ReLUs carry almost no signal, so the network is too small for its
+    sparsity and learns nothing (every gradient is ~0). Layers in ``reading_input`` (they
+    read the observation) are not checked. Names the layers, their fan-in and the
+    sparsity at which their units keep about ``MIN_FAN_IN`` inputs."""
     thin = []
+    skip = set(reading_input)
     for topo in topologies.values():
         for layer in topo.layers:
+            if layer.module_name in skip:
+                continue
             mask = layer.mask
             fan_in = float(mask.sum()) / mask.shape[0]
-            if fan_in < MIN_FAN_IN and mask[0].numel() > MIN_FAN_IN:
+            if fan_in < MIN_FAN_IN and min(mask.shape[0], mask[0].numel()) >= _MIN_WIDTH:
                 # layer densities scale with 1 - sparsity (ERK/ER/uniform, uncapped)
                 needed = 1.0 - (1.0 - sparsity) * MIN_FAN_IN / max(fan_in, 1e-9)
                 thin.append((layer.module_name, fan_in, mask[0].numel(),
