@@ -63,6 +63,17 @@ def resolve(name: str) -> str | None:
     return None
 
 
+
+def absolute_base(module: str, is_pkg: bool, node: ast.ImportFrom) -> str:
+    """The absolute module name an ``import from`` in ``module`` reads from."""
+    base = node.module or ""
+    if node.level:
+        anchor = module.split(".")
+        anchor = anchor if is_pkg else anchor[:-1]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+        base = ".".join([*anchor, base] if base else anchor)
+    return base
+
 def imports_of(module: str) -> list[tuple[str, int, bool]]:
     """``(imported module, line, inside a function)`` for every import of a project module."""
     tree = ast.parse(MODULES[module].read_text())
@@ -76,12 +87,7 @@ def imports_of(module: str) -> list[tuple[str, int, bool]]:
             if isinstance(child, ast.Import):
                 names = [a.name for a in child.names]
             elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    anchor = module.split(".")
-                    anchor = anchor if is_pkg else anchor[:-1]
-                    anchor = anchor[: len(anchor) - (child.level - 1)]
-                    base = ".".join([*anchor, base] if base else anchor)
+                base = absolute_base(module, is_pkg, child)
                 names = [f"{base}.{a.name}" for a in child.names] + [base]
             for name in names:
                 target = resolve(name)
@@ -375,12 +381,7 @@ def private_imports(module: str) -> list[tuple[str, str, int]]:
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.ImportFrom):
             continue
-        base = node.module or ""
-        if node.level:
-            anchor = module.split(".")
-            anchor = anchor if is_pkg else anchor[:-1]
-            anchor = anchor[: len(anchor) - (node.level - 1)]
-            base = ".".join([*anchor, base] if base else anchor)
+        base = absolute_base(module, is_pkg, node)
         target = resolve(base)
         if target is None or target == module:
             continue
