@@ -1,0 +1,281 @@
+"""Claims at the field's standard (docs/protocol.md): a run's score from its evaluation
+curve, and the tests a claim names, with rliable's stratified bootstrap.
+
+* :func:`window_score`: the mean evaluation return over the last 10% of training, from at
+  least 5 evaluations in that window.
+* :func:`iqm`: interquartile mean across runs and tasks, with its 95% CI.
+* :func:`noninferiority`: "matches dense" holds when the lower 95% bound of
+  ``sparse - margin * dense`` (per-task means, summed over tasks after dividing by
+  ``|dense|``) is above 0.
+* :func:`difference` and :func:`holm`: "beats" holds when the difference CI excludes 0,
+  Holm-corrected when several contrasts make one claim.
+* :func:`improvement_probability`: P(X > Y) across runs, averaged over tasks.
+
+Score matrices are ``(runs, tasks)`` arrays, as rliable takes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike
+from rliable import library as rly
+from rliable import metrics
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+__all__ = ["MARGIN", "MIN_EVALS", "WINDOW", "Interval", "Run", "difference", "holm",
+           "improvement_probability", "iqm", "noninferiority", "read_runs", "sweep_report",
+           "window_score"]
+
+#: the score's window: the last 10% of training
+WINDOW = 0.1
+#: evaluations the window must hold
+MIN_EVALS = 5
+#: "matches dense": sparse above this fraction of dense
+MARGIN = 0.9
+#: bootstrap replications (rliable's default is 50,000; its paper's figures use 2,000+)
+REPS = 5_000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its 95% CI; ``holds``: the claim the test makes (CI above
+    zero for non-inferiority, excluding zero for a difference); ``p``: the two-sided
+    p-value where the test has one (Holm-adjusted after :func:`holm`)."""
+
+    estimate: float
+    low: float
+    high: float
+    holds: bool
+    p: float = math.nan
+
+    def fmt(self, digits: int = 2) -> str:
+        return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def window_score(timesteps: Sequence[float], returns: Sequence[float], total: float,
+                 window: float = WINDOW, min_evals: int = MIN_EVALS) -> float:
+    """Mean of the evaluation ``returns`` at ``timesteps`` in the last ``window`` of
+    ``total`` training steps; a ``ValueError`` when fewer than ``min_evals`` lie there
+    (evaluate more often near the end)."""
+    if not 0 < window <= 1:
+        raise ValueError(f"window must be in (0, 1], got {window!r}")
+    t = np.asarray(timesteps, dtype=float)
+    r = np.asarray(returns, dtype=float)
+    inside = r[t >= (1.0 - window) * float(total)]
+    if len(inside) < min_evals:
+        raise ValueError(f"the last {window:.0%} of {total:g} steps holds {len(inside)} "
+                         f"evaluations, min_evals is {min_evals}: evaluate more often")
+    return float(inside.mean())
+
+
+def _rng(seed: int) -> np.random.RandomState:
+    return np.random.RandomState(seed)
+
+
+def _estimates(data: Mapping, func, reps: int, seed: int):
+    """rliable's interval estimates (arch's bootstrap warns that ``random_state`` is
+    deprecated, which rliable 1.2 passes: silenced here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="arch")
+        return rly.get_interval_estimates(data, func, reps=reps, random_state=_rng(seed))
+
+
+def _matrix(scores: ArrayLike, name: str) -> np.ndarray:
+    m = np.asarray(scores, dtype=float)
+    if m.ndim == 1:
+        m = m[:, None]
+    if m.ndim != 2 or m.shape[0] < 2:
+        raise ValueError(f"{name} must be a (runs, tasks) matrix with 2+ runs, "
+                         f"got shape {m.shape}")
+    return m
+
+
+def iqm(score_dict: Mapping[str, ArrayLike], reps: int = REPS, seed: int = 0
+        ) -> dict[str, Interval]:
+    """Interquartile mean of each method's ``(runs, tasks)`` scores with its stratified
+    bootstrap 95% CI (``holds``: the CI is above 0)."""
+    data = {k: _matrix(v, k) for k, v in score_dict.items()}
+    point, ci = _estimates(data, lambda x: np.array([metrics.aggregate_iqm(x)]), reps, seed)
+    return {k: Interval(float(point[k][0]), float(ci[k][0, 0]), float(ci[k][1, 0]),
+                        bool(ci[k][0, 0] > 0)) for k in data}
+
+
+def noninferiority(sparse: ArrayLike, dense: ArrayLike, margin: float = MARGIN,
+                   reps: int = REPS, seed: int = 0) -> Interval:
+    """``sum over tasks of (mean(sparse) - margin * mean(dense)) / |mean(dense)|`` (one
+    task: divided by 1, the raw difference in return units) with a stratified
+    independent bootstrap 95% CI; ``holds`` when the lower bound is above 0."""
+    s, d = _matrix(sparse, "sparse"), _matrix(dense, "dense")
+    if s.shape[1] != d.shape[1]:
+        raise ValueError(f"sparse has {s.shape[1]} tasks, dense {d.shape[1]}")
+    scale = np.abs(d.mean(axis=0)) if s.shape[1] > 1 else np.ones(1)
+
+    def stat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.array([float(np.sum((x.mean(0) - margin * y.mean(0)) / scale))])
+
+    point, ci = _estimates({"c": (s, d)}, stat, reps, seed)
+    low, high = float(ci["c"][0, 0]), float(ci["c"][1, 0])
+    return Interval(float(point["c"][0]), low, high, low > 0)
+
+
+def difference(a: ArrayLike, b: ArrayLike, reps: int = REPS, seed: int = 0) -> Interval:
+    """``mean(a) - mean(b)`` (one task; a (runs, tasks) matrix: summed over tasks) with
+    a stratified independent bootstrap 95% CI and Welch's two-sided p-value (first
+    task); ``holds`` when the CI excludes 0."""
+    x, y = _matrix(a, "a"), _matrix(b, "b")
+
+    def stat(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.array([float(np.sum(u.mean(0) - v.mean(0)))])
+
+    point, ci = _estimates({"c": (x, y)}, stat, reps, seed)
+    low, high = float(ci["c"][0, 0]), float(ci["c"][1, 0])
+    p = float(stats.ttest_ind(x[:, 0], y[:, 0], equal_var=False).pvalue)
+    return Interval(float(point["c"][0]), low, high, low > 0 or high < 0, p)
+
+
+def holm(contrasts: Mapping[str, Interval], alpha: float = 0.05) -> dict[str, Interval]:
+    """The contrasts of one claim with Holm-adjusted p-values; ``holds`` when the
+    adjusted p is below ``alpha`` and the bootstrap CI agrees in sign."""
+    keys = list(contrasts)
+    if not keys:
+        return {}
+    reject, adjusted, _, _ = multipletests([contrasts[k].p for k in keys], alpha=alpha,
+                                           method="holm")
+    return {k: Interval(c.estimate, c.low, c.high, bool(r) and c.holds, float(p))
+            for k, c, r, p in zip(keys, (contrasts[k] for k in keys), reject, adjusted,
+                                  strict=True)}
+
+
+def improvement_probability(x: ArrayLike, y: ArrayLike, reps: int = REPS,
+                            seed: int = 0) -> Interval:
+    """P(a run of X scores above a run of Y), averaged over tasks (rliable), with its
+    95% CI; ``holds`` when the CI is above 0.5."""
+    a, b = _matrix(x, "x"), _matrix(y, "y")
+    point, ci = _estimates(
+        {"c": (a, b)}, lambda u, v: np.array([metrics.probability_of_improvement(u, v)]),
+        reps, seed)
+    low = float(ci["c"][0, 0])
+    return Interval(float(point["c"][0]), low, float(ci["c"][1, 0]), low > 0.5)
+
+
+# ---------------------------------------------------------------------- a sweep's report
+@dataclass(frozen=True)
+class Run:
+    """One committed run: its group (the run folder's name without ``-s<seed>``), seed,
+    score (:func:`window_score`) and the evaluations its window holds."""
+
+    group: str
+    seed: int
+    score: float
+    window_evals: int
+
+
+def read_runs(sweep: str | Path, window: float = WINDOW) -> list[Run]:
+    """The runs under ``sweep/runs/*`` (``summary.json`` and ``evaluations.csv``)."""
+    runs = []
+    for folder in sorted(Path(sweep, "runs").iterdir()):
+        summary = folder / "summary.json"
+        evals = folder / "evaluations.csv"
+        if not summary.exists() or not evals.exists():
+            continue
+        info = json.loads(summary.read_text())
+        with evals.open() as f:
+            rows = [(float(r["timesteps"]), float(r["mean"])) for r in csv.DictReader(f)]
+        t, r = zip(*rows, strict=True)
+        total = float(info["timesteps"])
+        n = int(sum(x >= (1 - window) * total for x in t))
+        group = folder.name.rsplit("-s", 1)[0]
+        runs.append(Run(group, int(info["seed"]), window_score(t, r, total, window, 1), n))
+    return runs
+
+
+def sweep_report(sweep: str | Path, dense: str | None = None, static: str | None = None,
+                 margin: float = MARGIN, reps: int = REPS) -> str:
+    """Markdown: each group's score (mean ± sample std over seeds), and the tests of the
+    claims a table makes: every group against ``dense`` (non-inferiority at ``margin``;
+    difference, Holm over the groups; probability of improvement) and the DST groups
+    against ``static`` (difference, Holm over the groups). ``dense``/``static``: the
+    group names (default: the group ending in ``-dense`` / ``-static``, if any)."""
+    runs = read_runs(sweep)
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    names = sorted(groups)
+    dense = dense or next((g for g in names if "-dense" in g), None)
+    static = static or next((g for g in names if g.endswith("-static")), None)
+    scores = {g: np.array([r.score for r in groups[g]]) for g in names}
+    lines = [f"# Evidence: {Path(sweep).name}", "",
+             f"Generated by `python scripts/evidence_report.py {sweep}` "
+             "(sparse_agents.experiments.evidence; docs/protocol.md). Score: the mean "
+             f"evaluation return over the last {WINDOW:.0%} of training; ± is the sample "
+             "std over seeds; CIs are 95% stratified bootstrap (rliable), "
+             f"{reps} replications.", "",
+             "| group | seeds | evals in window | score |", "|---|---|---|---|"]
+    for g in names:
+        ev = sorted({r.window_evals for r in groups[g]})
+        mean = scores[g].mean()
+        std = scores[g].std(ddof=1) if len(scores[g]) > 1 else math.nan
+        lines.append(f"| {g} | {len(scores[g])} | {'/'.join(map(str, ev))} | "
+                     f"{mean:.1f} ± {std:.1f} |")
+    short = [g for g in names if min(r.window_evals for r in groups[g]) < MIN_EVALS]
+    if short:
+        lines += ["", f"Below the protocol: the window holds fewer than {MIN_EVALS} "
+                  "evaluations in every run of " + ", ".join(short) + " (the score is the "
+                  "mean of those it holds)."]
+    if dense is not None:
+        others = [g for g in names if g != dense]
+        diffs = holm({g: difference(scores[g], scores[dense], reps) for g in others})
+        lines += ["", f"## Against dense ({dense})", "",
+                  f"Non-inferiority: sparse − {margin}·dense, lower bound above 0 = "
+                  "\"matches dense\". Difference: Holm-corrected over the "
+                  f"{len(others)} groups (p adjusted), CI excluding 0 = \"beats\" / "
+                  "\"below\". P(improvement): a run above a dense run.", "",
+                  "| group | sparse − 0.9·dense | matches dense | difference | Holm p | "
+                  "verdict | P(improvement) |", "|---|---|---|---|---|---|---|"]
+        for g in others:
+            ni = noninferiority(scores[g], scores[dense], margin, reps)
+            d = diffs[g]
+            verdict = ("beats dense" if d.holds and d.estimate > 0 else
+                       "below dense" if d.holds else "not shown")
+            pi = improvement_probability(scores[g], scores[dense], reps)
+            lines.append(f"| {g} | {ni.fmt(1)} | {'yes' if ni.holds else 'not shown'} | "
+                         f"{d.fmt(1)} | {d.p:.3f} | {verdict} | {pi.fmt(2)} |")
+    if static is not None:
+        dst = [g for g in names if g not in (static, dense)]
+        diffs = holm({g: difference(scores[g], scores[static], reps) for g in dst})
+        lines += ["", f"## DST against static ({static})", "",
+                  f"Difference, Holm-corrected over the {len(dst)} groups.", "",
+                  "| group | difference | Holm p | verdict |", "|---|---|---|---|"]
+        for g in dst:
+            d = diffs[g]
+            verdict = ("above static" if d.holds and d.estimate > 0 else
+                       "below static" if d.holds else "not shown")
+            lines.append(f"| {g} | {d.fmt(1)} | {d.p:.3f} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python scripts/evidence_report.py SWEEP [SWEEP ...]``: writes SWEEP/evidence.md."""
+    parser = argparse.ArgumentParser(description="tests of a sweep's claims")
+    parser.add_argument("sweeps", nargs="+", help="results/<sweep> folders (with runs/)")
+    parser.add_argument("--dense", help="the dense group (default: the one with -dense)")
+    parser.add_argument("--static", help="the static group (default: ...-static)")
+    parser.add_argument("--margin", type=float, default=MARGIN)
+    args = parser.parse_args(argv)
+    for sweep in args.sweeps:
+        text = sweep_report(sweep, args.dense, args.static, args.margin)
+        out = Path(sweep, "evidence.md")
+        tmp = out.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        print(f"wrote {out}")
