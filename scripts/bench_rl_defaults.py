@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The RL-defaults sweep of docs/rl_benchmarks.md (sparse PPO on CartPole-v1, several update
-schedules and seeds), resumable:
+schedules and seeds), resumable (``--dry-run``: what a re-run would train; ``--workers``):
 
     python scripts/bench_rl_defaults.py --timesteps 50000 --eval-freq 5000 \
         --configs dense A B C D --seeds 0 1 --out results/rl_defaults_50k

@@ -4,9 +4,11 @@ command lines (:mod:`sparse_agents.experiments.bench`)."""
 from __future__ import annotations
 
 import importlib
+import json
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,8 +135,6 @@ def test_bench_modules_parse_and_describe_reruns(name, capsys):
 
 def test_rl_defaults_report_scores_final_and_last_ten_percent(tmp_path, capsys):
     # 21 evaluations would average the last 2 (tests/test_rl_papers.py)
-    import json
-
     from sparse_agents.experiments.bench import rl_defaults
 
     for seed, curve in ((0, [10, 300, 400, 500]), (1, [10, 200, 300, 100])):
@@ -172,26 +172,28 @@ def test_tables_show_the_sample_std_over_seeds():
 
 
 def test_rl_defaults_refuses_finished_runs_made_under_another_default(tmp_path):
-    import json
-
-    from sparse_agents.cli.train_agent import build_agent, build_parser, options_in_effect
     from sparse_agents.experiments.bench import rl_defaults
+    from sparse_agents.experiments.rl_run import options_in_effect
+    from sparse_agents.study.rl_runs import refuse_stale
 
-    folder = tmp_path / "C-s0"
+    [job] = rl_defaults.make_jobs(["C"], [0], 100_000, None)
+    assert job.job_id == "C-s0" and job.path(tmp_path) == tmp_path / "C-s0"
+    assert job.run.options == {"delta_t": 1000, "drop_fraction": 0.1, "t_end_fraction": 0.8}
+    folder = job.path(tmp_path)
     folder.mkdir()
-    args = build_parser().parse_args(rl_defaults.run_argv(folder, "C", 0, 100_000, None))
-    model, _ = build_agent(args)
+    model, _ = job.run.build()
     options = options_in_effect(model)
     (folder / "summary.json").write_text(json.dumps({"density": 0.1, "hyperparams": "zoo"}))
 
     def record(sparse_options):
-        config = dict(vars(args), env="CartPole-v1", sparse_options=sparse_options)
+        config = dict(job.run.settings(), sparse_options=sparse_options)
         (folder / "config.json").write_text(json.dumps(config))
 
     record(options)
-    rl_defaults.check_resumable(tmp_path, ["C"], [0], 100_000, None)  # the same run: resumes
+    refuse_stale([job], tmp_path, "")  # the same run: resumes
+    [shorter] = rl_defaults.make_jobs(["C"], [0], 50_000, None)
     with pytest.raises(ValueError, match="C-s0: timesteps: 100000 != 50000"):
-        rl_defaults.check_resumable(tmp_path, ["C"], [0], 50_000, None)
+        refuse_stale([shorter], tmp_path, "")
     record({**options, "gamma_sal": "0.5"})  # a default C does not set, changed since
     with pytest.raises(ValueError, match="gamma_sal: 0.5 != 0.3"):
         rl_defaults.main(["--out", str(tmp_path), "--configs", "C", "--seeds", "0"])
@@ -216,3 +218,188 @@ def test_zero_state_bench_steps_on_dense_and_on_ninety_percent_zero_state():
     rows = bench_zero_state(repeats=1)
     assert len(rows) == 2 * len(STEP_OPTIMIZERS) + 4
     assert all(r["ms"] > 0 for r in rows)
+
+
+# ------------------------------------------------------------- one sweep engine (study)
+ROOT = Path(__file__).resolve().parents[1]
+HC = "--hyperparams graesser --tasks ppo:HalfCheetah-v5:150000"
+HC_DEFAULTS = "--hyperparams graesser --sparse-settings defaults --tasks ppo:HalfCheetah-v5:"
+VARIANTS = "--variant dt250 delta_t=250 drop_fraction=0.3 --variant d0.3 drop_fraction=0.3"
+#: every sweep committed under results/ -> the commands that made it, each with the text of
+#: docs/rl_benchmarks.md that states it (the command itself, or where the docs give it as
+#: a change of another command, that change); a resumed sweep must skip every run there
+COMMITTED = {
+    "rl_graesser_ppo_hc": [(
+        f"{HC} --updaters dense srigl --seeds 10 --evals 20 --eval-episodes 5 --workers 2 "
+        "--resume", "(`--updaters dense srigl --out results/rl_graesser_ppo_hc`")],
+    "rl_graesser_ppo_hc_defaults": [(
+        f"{HC_DEFAULTS}150000 --updaters dense static rigl srigl {VARIANTS} --seeds 10 "
+        "--evals 20 --eval-episodes 5 --workers 2 --resume", None)],
+    # the SRigL runs before the rounding fix, moved out of the folder above (no command)
+    "rl_graesser_ppo_hc_defaults_thinned_head": [(
+        f"{HC_DEFAULTS}150000 --updaters dense srigl {VARIANTS} --seeds 10 --evals 20 "
+        "--eval-episodes 5 --workers 2 --resume",
+        "The SRigL row before the fix is in `results/rl_graesser_ppo_hc_defaults_thinned_head`")],
+    "rl_graesser_ppo_hc_defaults_300k": [
+        (f"{HC_DEFAULTS}300000 --updaters dense static rigl srigl --seeds 5 --evals 20 "
+         "--eval-episodes 5 --workers 2 --resume", None),
+        (f"{HC_DEFAULTS}300000 --updaters dense static srigl --variant lr2 lr_scale=2 "
+         "--seeds 5 --evals 20 --eval-episodes 5 --workers 2 --resume",
+         "(`--updaters dense static srigl --variant lr2 lr_scale=2 --seeds 5`, the same `--out`")],
+    "rl_graesser_ppo_hc_lr": [(
+        f"{HC_DEFAULTS}150000 --updaters dense static srigl --variant lr6e-4 "
+        "learning_rate=lin_6e-4 --variant lr1e-3 learning_rate=lin_1e-3 --seeds 10 --evals 20 "
+        "--eval-episodes 5 --workers 2 --resume", None)],
+    "rl_graesser_ppo_hc_dense_lr6e-4": [(
+        f"{HC} --updaters dense --hp learning_rate=lin_6e-4 --seeds 10 --evals 20 "
+        "--eval-episodes 5 --workers 2 --resume", None)],
+    "rl_hc_equal16_300k": [(
+        f"{HC_DEFAULTS}300000 --equal-params 16 --width-factors 2 4 --dense-factors 1 "
+        "--updaters dense rigl srigl --seeds 10 --evals 20 --eval-episodes 5 --workers 2 "
+        "--resume", None)],
+    "rl_hc_equal8_300k": [(
+        f"{HC_DEFAULTS}300000 --equal-params 8 --width-factors 2 4 --dense-factors 1 "
+        "--updaters dense rigl srigl --seeds 5 --evals 20 --eval-episodes 5 --workers 2 "
+        "--resume", None)],
+    "rl_minatar_si_equal32": [
+        ("--hyperparams minatar --tasks dqn:MinAtar/SpaceInvaders-v1:100000 --equal-params 32 "
+         "--width-factors 2 4 --dense-factors 1 --updaters dense rigl srigl --seeds 3 --evals 20 "
+         "--eval-episodes 10 --workers 2 --resume", None),
+        ("--hyperparams minatar --tasks dqn:MinAtar/SpaceInvaders-v1:100000 --equal-params 32 "
+         "--width-factors 4 --dense-factors 1 --updaters dense rigl --seeds 6 --evals 20 "
+         "--eval-episodes 10 --workers 2 --resume", None)],
+}
+#: the RL-defaults sweeps committed (their runs lie directly under the folder)
+COMMITTED_DEFAULTS = {"rl_defaults_100k_lr_scale": (
+    "--timesteps 100000 --configs lr-scale-2 --seeds 0 1 2 3 4 5 6 7 8 9")}
+
+
+def _docs() -> str:
+    text = (ROOT / "docs" / "rl_benchmarks.md").read_text().replace("\\\n", " ")
+    return " ".join(text.split())
+
+
+def _tiny_run(seed: int = 0, env: str = "CartPole-v1"):
+    from sparse_agents.experiments.rl_run import RLRun
+
+    return RLRun(algo="dqn", env=env, updater="dense", seed=seed, timesteps=1000,
+                 overrides={"net_arch": [8, 8], "learning_starts": 100}, eval_freq=500,
+                 eval_episodes=1)
+
+
+def test_every_committed_sweep_is_found_done_by_its_documented_command(capsys):
+    """The dry run of each command that made a committed sweep (``--dry-run``: the checks
+    of ``--resume``, nothing trained or written) finds every committed run finished and
+    made with the command's settings; the runs the command adds beyond them are the ones
+    the docs say were not run."""
+    from sparse_agents.experiments.bench import rl as bench_rl
+    from sparse_agents.experiments.bench import rl_defaults, rl_sweep
+
+    docs = _docs()
+    summary = {}
+    for folder, commands in COMMITTED.items():
+        root = ROOT / "results" / folder
+        committed = {p.parent.name for p in (root / "runs").glob("*/summary.json")}
+        before = sorted(p.relative_to(root) for p in root.rglob("*"))
+        covered, done_ids = set(), set()
+        for command, fragment in commands:
+            assert " ".join((fragment or command).split()) in docs, (folder, fragment)
+            argv = [*command.split(), "--out", str(root)]
+            args = bench_rl.build_parser().parse_args(argv)
+            jobs = rl_sweep.make_jobs(args, list(args.tasks))
+            done = {j.job_id for j in rl_sweep.finished(jobs, root)}
+            ids = {j.job_id for j in jobs}
+            assert done == ids & committed, folder  # a finished run is a committed one
+            covered |= ids
+            done_ids |= done
+            assert bench_rl.main([*argv, "--dry-run"]) == 0  # no run made with other settings
+            line = capsys.readouterr().out.strip().splitlines()[-1]
+            assert line.startswith(f"{len(done)} of {len(jobs)} runs finished"), line
+        assert committed <= covered and committed == done_ids, folder
+        assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # wrote nothing
+        summary[folder] = (len(done_ids), len(covered))
+    assert summary["rl_graesser_ppo_hc_defaults"] == (60, 80)  # rigl-<variant>: not run
+    assert summary["rl_minatar_si_equal32"] == (21, 21)
+    for folder, command in COMMITTED_DEFAULTS.items():
+        root = ROOT / "results" / folder
+        assert " ".join(command.split()) in docs
+        argv = [*command.split(), "--out", str(root)]
+        assert rl_defaults.main([*argv, "--dry-run"]) == 0
+        n = len(list(root.glob("*/summary.json")))
+        assert capsys.readouterr().out.startswith(f"{n} of {n} runs finished"), folder
+
+
+def test_a_sweep_expands_to_typed_jobs_with_stable_ids(tmp_path):
+    from sparse_agents.experiments.bench import rl as bench_rl
+    from sparse_agents.experiments.bench import rl_sweep
+    from sparse_agents.experiments.rl_run import RLRun
+    from sparse_agents.study.rl_runs import RLRunJob
+
+    argv = ["--tasks", "ppo:CartPole-v1:1000", "--updaters", "dense", "rigl", "--seeds", "2",
+            "--distributions", "erk", "uniform", "--hp", "net_arch=[8,8]",
+            "--variant", "dt50", "delta_t=50"]
+    jobs = rl_sweep.make_jobs(bench_rl.build_parser().parse_args(argv), ["ppo:CartPole-v1:1000"])
+    assert all(isinstance(j, RLRunJob) and isinstance(j.run, RLRun) for j in jobs)
+    assert [j.job_id for j in jobs[:5]] == [  # the folder names of the committed sweeps
+        "ppo-CartPole-v1-dense-s0", "ppo-CartPole-v1-rigl-s0", "ppo-CartPole-v1-rigl-dt50-s0",
+        "ppo-CartPole-v1-rigl-uniform-s0", "ppo-CartPole-v1-rigl-uniform-dt50-s0"]
+    assert len({j.job_id for j in jobs}) == len(jobs) == 10
+    again = rl_sweep.make_jobs(bench_rl.build_parser().parse_args(argv), ["ppo:CartPole-v1:1000"])
+    assert again == jobs and [j.config() for j in again] == [j.config() for j in jobs]
+    run = jobs[2].run  # typed: the settings, not an argument list
+    assert (run.updater, run.distribution, run.sparsity, run.seed) == ("rigl", "erk", 0.9, 0)
+    assert run.overrides == {"net_arch": [8, 8], "delta_t": 50} and run.eval_freq == 200
+    # options are checked once, when the sweep expands, before anything trains
+    for bad, match in [(["--sparse-hp", "drop_fraction=2"], "drop_fraction"),
+                       (["--hp", "delta_t=5"], "given with --updater dense"),
+                       (["--updaters", "rigl", "--hp", "gamma_sal=7"], "gamma_sal")]:
+        with pytest.raises(ValueError, match=match):
+            rl_sweep.make_jobs(bench_rl.build_parser().parse_args([*argv, *bad]),
+                               ["ppo:CartPole-v1:1000"])
+    with pytest.raises(ValueError, match="folder"):
+        RLRunJob(run, "/abs/path")
+
+
+def test_pool_of_two_workers_trains_rl_runs_and_a_resume_skips_the_finished(tmp_path):
+    from sparse_agents.study.rl_runs import RLRunJob
+    from sparse_agents.study.runner import pending, run_study
+
+    good = [RLRunJob(_tiny_run(seed), f"runs/dense-s{seed}", task="t", method="dense")
+            for seed in (0, 1)]
+    bad = RLRunJob(_tiny_run(env="NoSuchEnv-v0"), "runs/nosuchenv-s0", task="t", method="x")
+    jobs = [*good, bad]
+    records = run_study(jobs, tmp_path, workers=2, show_progress=False)
+    assert [r["status"] for r in records] == ["ok", "ok", "failed"]
+    assert "NoSuchEnv" in records[2]["error"]  # the traceback, in the run's failed.json
+    assert (bad.path(tmp_path) / "failed.json").exists()
+    for job, record in zip(good, records[:2], strict=True):
+        summary = json.loads((job.path(tmp_path) / "summary.json").read_text())
+        assert summary["final_mean"] == record["metrics"]["final_mean"]
+        assert summary["seed"] == job.seed
+        assert summary["method"] == "dense" and summary["flops_forward"] > 0
+    assert json.loads((tmp_path / "study.json").read_text())["jobs"][2]["job_id"] == \
+        "nosuchenv-s0"
+    stamps = [(j.path(tmp_path) / "model.zip").stat().st_mtime_ns for j in good]
+    assert pending(jobs, tmp_path) == [bad]  # finished runs are skipped, failures retried
+    (good[1].path(tmp_path) / "summary.json").unlink()  # a run that did not finish
+    records = run_study(jobs, tmp_path, workers=2, show_progress=False)
+    assert [r["status"] for r in records] == ["ok", "ok", "failed"]
+    after = [(j.path(tmp_path) / "model.zip").stat().st_mtime_ns for j in good]
+    assert after[0] == stamps[0] and after[1] != stamps[1]  # only the unfinished one trained
+
+
+def test_rl_stream_bench_runs_study_jobs_and_resumes(tmp_path, capsys):
+    from sparse_agents.experiments.bench import rl_stream
+
+    argv = ["--stream", "cartpole-physics", "--seeds", "0", "--steps-per-task", "256",
+            "--eval-episodes", "1", "--jobs", "2", "--out", str(tmp_path)]
+    runs = rl_stream.run(argv)
+    assert [(r["method"], r["seed"], len(r["final_returns"])) for r in runs] == [
+        ("masks", 0, 4), ("dense", 0, 4)]
+    assert runs[0]["forgetting"] == 0.0  # per-task masks: earlier tasks frozen
+    records = sorted((tmp_path / "runs").glob("*.json"))
+    assert len(records) == 2 and "| dense, fine-tuned |" in (tmp_path / "table.md").read_text()
+    stamps = [p.stat().st_mtime_ns for p in records]
+    again = rl_stream.run([*argv, "--resume"])  # nothing retrained
+    assert [p.stat().st_mtime_ns for p in records] == stamps
+    assert [r["final_returns"] for r in again] == [r["final_returns"] for r in runs]

@@ -247,13 +247,11 @@ ALLOWED = {
     ("continual/experiment.py", "delta_t"): "the runner's own default: a task's steps / 8",
     ("continual/experiment.py", "t_end"): "the runner's own default: 0.75 of a task's steps",
     ("sparse_agents/task_masks.py", "dense_layers"): "the name in select_layers' error",
-    ("sparse_agents/cli/train_agent.py", "delta_t"): "an SB3 sparse option (with "
-                                                     "t_end_fraction) from its CLI flag",
-    ("sparse_agents/cli/train_agent.py", "drop_fraction"): "an SB3 sparse option",
+    ("sparse_agents/experiments/rl_run.py", "delta_t"): "an SB3 sparse option (with "
+                                                       "t_end_fraction) sparse-train takes "
+                                                       "as a flag (FLAG_OPTIONS)",
+    ("sparse_agents/experiments/rl_run.py", "drop_fraction"): "an SB3 sparse option",
     ("sparse_agents/experiments/rl_stream.py", "dense_layers"): "an SB3 policy keyword",
-    ("sparse_agents/experiments/bench/rl_defaults.py", "delta_t"): "a CLI argument a "
-                                                                   "resumed run must match",
-    ("sparse_agents/experiments/bench/rl_defaults.py", "drop_fraction"): "the same",
 }
 #: the names that mean nothing else in this code base (``sparsity``, ``seed``, ``masks``,
 #: ``compute``... are also ordinary words and record keys)

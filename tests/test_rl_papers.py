@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from sparse_agents.cli.train_agent import parse_overrides
 from sparse_agents.experiments.bench import rl as bench_rl
+from sparse_agents.experiments.bench import rl_report, rl_sweep, rl_timing
 from sparse_agents.experiments.hyperparams import GRAESSER, hyperparameters
 from sparse_agents.experiments.rl import last_fraction_score, make_agent
 
@@ -98,10 +98,9 @@ def test_bench_sparse_settings_reach_the_sparse_runs_and_resume_checks_them(tmp_
             "--eval-episodes", "1", "--hp", "net_arch=[8,8]", "--hp", "learning_starts=100",
             "--out", str(tmp_path), "--resume", "--sparse-settings", "defaults"]
     args = bench_rl.build_parser().parse_args(argv)
-    argvs = {j["method"]: bench_rl.job_argv(j) for j in bench_rl.make_jobs(
-        args, args.tasks, tmp_path)}
-    assert "--sparse-settings" not in argvs["dense"]  # dense runs are shared by both kinds
-    assert argvs["rigl"][-2:] == ["--sparse-settings", "defaults"]
+    runs = {j.method: j.run for j in rl_sweep.make_jobs(args, args.tasks)}
+    assert runs["dense"].sparse_settings == "table"  # dense runs are shared by both kinds
+    assert runs["rigl"].sparse_settings == "defaults"
     assert bench_rl.main(argv) == 0
     run = tmp_path / "runs" / "dqn-CartPole-v1-rigl-s0"
     options = json.loads((run / "config.json").read_text())["sparse_options"]
@@ -137,34 +136,34 @@ def test_unknown_source_or_task_names_the_parameter():
 def test_bench_rows_are_methods_dense_once_and_score_is_last_tenth(tmp_path):
     args = bench_rl.build_parser().parse_args(
         ["--updaters", "dense", "set", "--distributions", "erk", "uniform"])
-    assert bench_rl.methods(args) == [("dense", "erk"), ("set", "erk"), ("set", "uniform")]
-    jobs = bench_rl.make_jobs(args, ["dqn:CartPole-v1:1000"], tmp_path)
-    assert [j["method"] for j in jobs[:3]] == ["dense", "set", "set-uniform"]
-    assert Path(jobs[2]["out"]).name == "dqn-CartPole-v1-set-uniform-s0"
+    assert rl_sweep.methods(args) == [("dense", "erk"), ("set", "erk"), ("set", "uniform")]
+    jobs = rl_sweep.make_jobs(args, ["dqn:CartPole-v1:1000"])
+    assert [j.method for j in jobs[:3]] == ["dense", "set", "set-uniform"]
+    assert jobs[2].job_id == "dqn-CartPole-v1-set-uniform-s0"
+    assert jobs[2].path(tmp_path) == tmp_path / "runs" / "dqn-CartPole-v1-set-uniform-s0"
     rows = [dict(task="t", method=m, seed=s, final_mean=f, last10_mean=l, best_mean=f,
                  train_s=1.0, density=1.0, updates=0)
             for m, s, f, l in [("dense", 0, 100, 200), ("dense", 1, 100, 100),
                                ("set", 0, 50, 75), ("set", 1, 50, 75)]]
-    table = {r["method"]: r for r in bench_rl.summarise(rows, ["dense", "set"])}
+    table = {r["method"]: r for r in rl_report.summarise(rows, ["dense", "set"])}
     assert table["dense"]["score"] == 150 and table["set"]["score"] == 75
     assert table["set"]["vs_dense"] == pytest.approx(-0.5)
     assert table["set"]["final_return"] == 50
     for r in rows:
         r["method"] = r["method"].replace("dense", "dense-w8")
-    ref = {r["method"]: r for r in bench_rl.summarise(rows, ["dense-w8", "set"], "dense-w8")}
+    ref = {r["method"]: r for r in rl_report.summarise(rows, ["dense-w8", "set"], "dense-w8")}
     assert ref["set"]["vs_dense"] == pytest.approx(-0.5)  # against the base width's dense
 
 
-def test_first_seed_trains_a_share_of_the_sweep_with_the_same_run_folders(tmp_path):
+def test_first_seed_trains_a_share_of_the_sweep_with_the_same_run_folders():
     parse = bench_rl.build_parser().parse_args
-    whole = bench_rl.make_jobs(parse(["--updaters", "dense", "--seeds", "4"]),
-                               ["dqn:CartPole-v1:1000"], tmp_path)
-    share = bench_rl.make_jobs(parse(["--updaters", "dense", "--seeds", "4", "--first-seed",
-                                      "2"]), ["dqn:CartPole-v1:1000"], tmp_path)
-    assert [j["seed"] for j in share] == [2, 3] and share == whole[2:]
+    whole = rl_sweep.make_jobs(parse(["--updaters", "dense", "--seeds", "4"]),
+                               ["dqn:CartPole-v1:1000"])
+    share = rl_sweep.make_jobs(parse(["--updaters", "dense", "--seeds", "4", "--first-seed",
+                                      "2"]), ["dqn:CartPole-v1:1000"])
+    assert [j.seed for j in share] == [2, 3] and share == whole[2:]
     with pytest.raises(ValueError, match="--first-seed must be in \\[0, 3\\]"):
-        bench_rl.make_jobs(parse(["--seeds", "4", "--first-seed", "4"]), ["dqn:CartPole-v1:1000"],
-                           tmp_path)
+        rl_sweep.make_jobs(parse(["--seeds", "4", "--first-seed", "4"]), ["dqn:CartPole-v1:1000"])
 
 
 def test_score_differences_compare_each_row_to_dense_and_dynamic_updaters_to_static():
@@ -172,11 +171,9 @@ def test_score_differences_compare_each_row_to_dense_and_dynamic_updaters_to_sta
               "rigl-uniform": [10, 20, 30]}
     kinds = {"dense": ("dense", "erk", 0.0), "static": ("static", "erk", 0.9),
              "rigl": ("rigl", "erk", 0.9), "rigl-uniform": ("rigl", "uniform", 0.9)}
-    jobs = [dict(method=m, updater=u, distribution=d, sparsity=s)
-            for m, (u, d, s) in kinds.items()]
     rows = [dict(task="t", method=m, seed=i, final_mean=v, last10_mean=v)
             for m, vs in scores.items() for i, v in enumerate(vs)]
-    table = {(c["method"], c["baseline"]): c for c in bench_rl.contrasts(rows, jobs)}
+    table = {(c["method"], c["baseline"]): c for c in rl_report.contrasts(rows, kinds)}
     # static-uniform did not run: rigl-uniform is compared to dense only
     assert set(table) == {("static", "dense"), ("rigl", "dense"), ("rigl", "static"),
                           ("rigl-uniform", "dense")}
@@ -186,10 +183,10 @@ def test_score_differences_compare_each_row_to_dense_and_dynamic_updaters_to_sta
     assert lead["diff"] == 45 and lead["excludes_zero"]
     assert lead["diff"] - lead["ci95"] == pytest.approx(ci.low)
     assert not table[("rigl", "dense")]["excludes_zero"]  # -10, inside the spread
-    md = bench_rl.contrast_markdown(list(table.values()))
+    md = rl_report.contrast_markdown(list(table.values()))
     assert "| t | rigl − static | 3/3 | +45.0 | [" in md
-    one = bench_rl.contrasts(rows[:1] + rows[3:4], jobs)
-    assert "| – | no |" in bench_rl.contrast_markdown(one)  # one seed a side: no interval
+    one = rl_report.contrasts(rows[:1] + rows[3:4], kinds)
+    assert "| – | no |" in rl_report.contrast_markdown(one)  # one seed a side: no interval
 
 
 def test_bench_run_writes_the_score_and_resumes(tmp_path):
@@ -242,13 +239,13 @@ def test_resume_refuses_finished_runs_made_with_other_settings(tmp_path):
 def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width():
     args = bench_rl.build_parser().parse_args(
         ["--equal-params", "32", "--updaters", "dense", "rigl"])
-    rows = {v["method"]: v for v in bench_rl.variants(args, "ppo", "CartPole-v1")}
+    rows = {v["method"]: v for v in rl_sweep.variants(args, "ppo", "CartPole-v1")}
     assert list(rows) == ["dense-w32", "dense-w64", "rigl-w64", "dense-w128", "rigl-w128"]
     budget = rows["dense-w32"]["masked_total"]
     for name in ("rigl-w64", "rigl-w128"):
         row = rows[name]
-        width = int(bench_rl.split_width(name)[1])
-        assert "dense_input=False" in row["extra_hp"]  # the budget counts input layers
+        width = int(rl_report.split_width(name)[1])
+        assert row["extra"]["dense_input"] is False  # the budget counts input layers
         model, _ = make_agent("ppo", "CartPole-v1", "rigl", row["sparsity"],
                               overrides={"net_arch": [width, width]},
                               sparse_options={"dense_input": False})
@@ -256,25 +253,23 @@ def test_equal_params_rows_have_the_nonzero_weights_of_dense_at_the_base_width()
                      for m in t.masks.values())
         assert row["masked_total"] > budget and abs(active - budget) <= 0.01 * budget, name
     args.dense_factors = [1]  # the sparse wide rows against dense at the base width only
-    assert [v["method"] for v in bench_rl.variants(args, "ppo", "CartPole-v1")] == [
+    assert [v["method"] for v in rl_sweep.variants(args, "ppo", "CartPole-v1")] == [
         "dense-w32", "rigl-w64", "rigl-w128"]
     args.dense_factors = [3]
     with pytest.raises(ValueError, match="--dense-factors must be among"):
-        bench_rl.variants(args, "ppo", "CartPole-v1")
+        rl_sweep.variants(args, "ppo", "CartPole-v1")
 
 
 def test_equal_params_with_minatar_widens_the_cnn_and_keeps_dense_w_nonzero_weights():
-    from sparse_agents.cli.train_agent import parse_overrides
-
     args = bench_rl.build_parser().parse_args(
         ["--equal-params", "16", "--width-factors", "2", "--hyperparams", "minatar",
          "--updaters", "dense", "static"])
-    rows = {v["method"]: v for v in bench_rl.variants(args, "dqn", "MinAtar/Breakout-v1")}
+    rows = {v["method"]: v for v in rl_sweep.variants(args, "dqn", "MinAtar/Breakout-v1")}
     assert list(rows) == ["dense-w16", "dense-w32", "static-w32"]
     budget = rows["dense-w16"]["masked_total"]
     assert budget == 4 * 2 * 9 + 2 * 8 * 8 * 16 + 16 * 3  # conv, linear, output (3 actions)
     row = rows["static-w32"]
-    overrides = parse_overrides([x for x in row["extra_hp"] if x != "dense_input=False"])
+    overrides = {k: v for k, v in row["extra"].items() if k != "dense_input"}
     assert overrides == {"features_extractor_kwargs": {"channels": 4, "features_dim": 32}}
     model, _ = make_agent("dqn", "MinAtar/Breakout-v1", "static", row["sparsity"],
                           overrides=overrides, hyperparams="minatar", timesteps=10**5)
@@ -283,19 +278,19 @@ def test_equal_params_with_minatar_widens_the_cnn_and_keeps_dense_w_nonzero_weig
     active = sum(int(m.sum()) for m in masks.values())
     assert row["masked_total"] > budget and abs(active - budget) <= 0.01 * budget
     with pytest.raises(ValueError, match="--width-factors must be >= 1"):
-        bench_rl.variants(bench_rl.build_parser().parse_args(
+        rl_sweep.variants(bench_rl.build_parser().parse_args(
             ["--equal-params", "16", "--width-factors", "0"]), "ppo", "CartPole-v1")
 
 
 def test_equal_params_plot_sets_methods_at_one_x_side_by_side_on_an_axis_of_readable_span():
-    offsets = [bench_rl.dodge(i, 3) for i in range(3)]
+    offsets = [rl_report.dodge(i, 3) for i in range(3)]
     assert offsets == sorted(offsets) and len(set(offsets)) == 3  # apart, in legend order
-    assert math.isclose(math.prod(offsets), 1.0) and bench_rl.dodge(0, 1) == 1.0  # centred
+    assert math.isclose(math.prod(offsets), 1.0) and rl_report.dodge(0, 1) == 1.0  # centred
     assert max(offsets) / min(offsets) < 1.1  # a few percent, not another parameter count
-    lo, hi = bench_rl.log_xlim([1168, 1168, 1144])  # every method with dense W's weights
+    lo, hi = rl_report.log_xlim([1168, 1168, 1144])  # every method with dense W's weights
     assert hi / lo >= 4 and lo < 1144 and hi > 1168
     assert math.isclose(math.sqrt(lo * hi), math.sqrt(1144 * 1168))  # centred on them
-    lo, hi = bench_rl.log_xlim([216, 2400])  # dense across widths: the points' own span
+    lo, hi = rl_report.log_xlim([216, 2400])  # dense across widths: the points' own span
     assert (lo, hi) == (216 / 1.25, 2400 * 1.25)
 
 
@@ -308,9 +303,9 @@ def test_equal_params_plot_labels_a_value_on_every_x_axis(nonzero):
 
     fig, ax = plt.subplots()
     ax.set_xscale("log")
-    lo, hi = bench_rl.log_xlim(nonzero)
+    lo, hi = rl_report.log_xlim(nonzero)
     ax.set_xlim(lo, hi)
-    bench_rl.label_log_x(ax)
+    rl_report.label_log_x(ax)
     fig.canvas.draw()
     labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
     plt.close(fig)
@@ -324,7 +319,7 @@ def test_equal_params_report_draws_the_score_against_nonzero_weights(tmp_path):
                                     ("rigl-w32", 1168, 1257.3, 93.8),
                                     ("rigl-w64", 1168, 2021.9, 474.6),
                                     ("srigl-w64", 1144, 1528.0, 735.8)]]
-    bench_rl.plot_equal_params(summary, tmp_path / "equal_params.png")
+    rl_report.plot_equal_params(summary, tmp_path / "equal_params.png")
     assert (tmp_path / "equal_params.png").stat().st_size > 10_000
 
 
@@ -411,21 +406,21 @@ def test_atari_games_get_sb3s_wrappers_stacked_frames_and_the_cnn_policy():
 
 def test_bench_run_folders_flatten_namespaced_env_ids(tmp_path):
     args = bench_rl.build_parser().parse_args(["--updaters", "srigl"])
-    jobs = bench_rl.make_jobs(args, ["dqn:MinAtar/Breakout-v1:1000"], tmp_path)
-    assert jobs[0]["task"] == "dqn-MinAtar/Breakout-v1"
-    assert Path(jobs[0]["out"]) == tmp_path / "runs" / "dqn-MinAtar-Breakout-v1-srigl-s0"
+    jobs = rl_sweep.make_jobs(args, ["dqn:MinAtar/Breakout-v1:1000"])
+    assert jobs[0].task == "dqn-MinAtar/Breakout-v1"
+    assert jobs[0].path(tmp_path) == tmp_path / "runs" / "dqn-MinAtar-Breakout-v1-srigl-s0"
 
 
 def test_overhead_times_the_agent_of_the_chosen_table(monkeypatch):
-    built, real = [], bench_rl._train_chunk
+    built, real = [], rl_timing._train_chunk
 
     def recording(*args):
         chunk, n_steps, model = real(*args)
         built.append(model)
         return chunk, n_steps, model
 
-    monkeypatch.setattr(bench_rl, "_train_chunk", recording)
-    rows = bench_rl.overhead(["dqn:CartPole-v1:100000"], ["dense", "static"], rounds=1,
+    monkeypatch.setattr(rl_timing, "_train_chunk", recording)
+    rows = rl_timing.overhead(["dqn:CartPole-v1:100000"], ["dense", "static"], rounds=1,
                              steps=2, fused_adam=False, hyperparams="graesser")
     assert [r["updater"] for r in rows] == ["dense", "static"]
     assert all(r["hyperparams"] == "graesser" for r in rows)
@@ -436,10 +431,9 @@ def test_overhead_times_the_agent_of_the_chosen_table(monkeypatch):
 def test_report_tabulates_a_sweep_under_way_and_names_what_is_missing(tmp_path, capsys):
     argv = ["--tasks", "dqn:CartPole-v1:1000", "--updaters", "dense", "set", "--seeds", "2",
             "--out", str(tmp_path)]
-    jobs = bench_rl.make_jobs(bench_rl.build_parser().parse_args(argv), ["dqn:CartPole-v1:1000"],
-                              tmp_path)
+    jobs = rl_sweep.make_jobs(bench_rl.build_parser().parse_args(argv), ["dqn:CartPole-v1:1000"])
     for job in jobs[:3]:  # dense s0, set s0, dense s1 finished; set s1 not
-        out = Path(job["out"])
+        out = job.path(tmp_path)
         out.mkdir(parents=True)
         (out / "evaluations.csv").write_text("timesteps,mean,std\n0,10,0\n1000,20,0\n")
         (out / "summary.json").write_text(json.dumps(dict(
@@ -451,7 +445,7 @@ def test_report_tabulates_a_sweep_under_way_and_names_what_is_missing(tmp_path, 
     assert "seeds per row: dqn-CartPole-v1 dense 2, dqn-CartPole-v1 set 1" in md
     assert "optimizers: dense not recorded; set not recorded" in md  # older summaries
     for job in jobs:
-        (Path(job["out"]) / "summary.json").unlink(missing_ok=True)
+        (job.path(tmp_path) / "summary.json").unlink(missing_ok=True)
     with pytest.raises(FileNotFoundError, match="no finished run"):
         bench_rl.main([*argv, "--report"])
 
@@ -478,7 +472,7 @@ def test_runs_record_which_optimizer_trained_them():
         "Adam(fused)", "Adam", "RMSprop"]
     rows = [dict(method="dense", optimizer="Adam"), dict(method="rigl", optimizer="Adam(fused)"),
             dict(method="rigl")]
-    assert bench_rl.optimizer_note(rows) == (
+    assert rl_report.optimizer_note(rows) == (
         "optimizers: dense Adam; rigl Adam(fused), not recorded")
 
 
@@ -498,29 +492,29 @@ def test_nonzero_params_count_what_the_agent_stores_without_target_networks():
     assert active < 0.11 * masked
 
 
-def test_sparse_hp_reaches_the_sparse_runs_only(tmp_path):
+def test_sparse_hp_reaches_the_sparse_runs_only():
     args = bench_rl.build_parser().parse_args(
         ["--tasks", "dqn:CartPole-v1:1000", "--updaters", "dense", "rigl", "--seeds", "1",
          "--hp", "learning_rate=0.001", "--sparse-hp", "sparse_init=None"])
-    jobs = {j["method"]: j["hp"] for j in bench_rl.make_jobs(args, args.tasks, tmp_path)}
-    assert jobs == {"dense": ["learning_rate=0.001"],
-                    "rigl": ["learning_rate=0.001", "sparse_init=None"]}
+    jobs = {j.method: j.run.overrides for j in rl_sweep.make_jobs(args, args.tasks)}
+    assert jobs == {"dense": {"learning_rate": 0.001},
+                    "rigl": {"learning_rate": 0.001, "sparse_init": None}}
 
 
-def test_variants_add_a_row_per_dynamic_updater_compared_with_dense_and_static(tmp_path):
+def test_variants_add_a_row_per_dynamic_updater_compared_with_dense_and_static():
     args = bench_rl.build_parser().parse_args(
         ["--tasks", "ppo:CartPole-v1:1000", "--updaters", "dense", "static", "srigl",
          "--seeds", "2", "--sparse-hp", "delta_t=500",
          "--variant", "dt250", "delta_t=250", "drop_fraction=0.3"])
-    jobs = bench_rl.make_jobs(args, args.tasks, tmp_path)
-    hp = {j["method"]: j["hp"] for j in jobs}
-    assert hp == {"dense": [], "static": ["delta_t=500"], "srigl": ["delta_t=500"],
-                  "srigl-dt250": ["delta_t=500", "delta_t=250", "drop_fraction=0.3"]}
-    assert parse_overrides(hp["srigl-dt250"])["delta_t"] == 250  # the variant wins
+    jobs = rl_sweep.make_jobs(args, args.tasks)
+    hp = {j.method: j.run.overrides for j in jobs}
+    assert hp == {"dense": {}, "static": {"delta_t": 500}, "srigl": {"delta_t": 500},
+                  "srigl-dt250": {"delta_t": 250, "drop_fraction": 0.3}}  # the variant wins
     scores = {"dense": [5, 6], "static": [1, 2], "srigl": [3, 4], "srigl-dt250": [9, 11]}
-    rows = [dict(task=jobs[0]["task"], method=m, seed=i, last10_mean=float(v))
+    rows = [dict(task=jobs[0].task, method=m, seed=i, last10_mean=float(v))
             for m, vs in scores.items() for i, v in enumerate(vs)]
-    pairs = {(c["method"], c["baseline"]): c["diff"] for c in bench_rl.contrasts(rows, jobs)}
+    table = rl_report.contrasts(rows, rl_report.row_kinds(jobs))
+    pairs = {(c["method"], c["baseline"]): c["diff"] for c in table}
     assert pairs == pytest.approx({("static", "dense"): -4.0, ("srigl", "dense"): -2.0,
                                    ("srigl", "static"): 2.0, ("srigl-dt250", "dense"): 4.5,
                                    ("srigl-dt250", "static"): 8.5})
@@ -528,16 +522,15 @@ def test_variants_add_a_row_per_dynamic_updater_compared_with_dense_and_static(t
                 ["--variant", "x", "delta_t=1", "--variant", "x", "delta_t=2"],
                 ["--variant", "x", "delta_t=1", "--equal-params", "8"]]:
         with pytest.raises(ValueError, match="--variant"):
-            bench_rl.make_jobs(bench_rl.build_parser().parse_args(bad), ["ppo:CartPole-v1:1"],
-                               tmp_path)
+            rl_sweep.make_jobs(bench_rl.build_parser().parse_args(bad), ["ppo:CartPole-v1:1"])
 
 
 def test_summary_legend_states_the_equal_params_sparsity_not_the_sweep_default():
     row = dict(task="t", method="rigl-w64", score=1.0, score_std=0.0, vs_dense=0.1,
                final_return=1.0, best_return=1.0, train_s=1.0, train_s_std=0.0,
                time_vs_dense=1.0, density=0.25, updates=3, flops_forward=math.nan)
-    assert "Sparse rows at 90% sparsity" in bench_rl.markdown([row], 0.9)
-    legend = bench_rl.markdown([row], None)
+    assert "Sparse rows at 90% sparsity" in rl_report.markdown([row], 0.9)
+    legend = rl_report.markdown([row], None)
     assert "90%" not in legend and "nonzero weights of dense at the base width" in legend
 
 

@@ -1,4 +1,8 @@
-"""One study run (:class:`Job`) and its stable id; shared by the grid and the workloads."""
+"""One study run (:class:`Job`) and its stable id; shared by the grid and the workloads.
+
+The runner takes any :class:`StudyJob`: a grid point (:class:`Job`, its record in
+``<out>/runs/<job id>.json``) or an RL benchmark run
+(:class:`~sparse_agents.study.rl_runs.RLRunJob`, its files in its own folder)."""
 
 from __future__ import annotations
 
@@ -6,10 +10,31 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from sparse_agents.config import SparseConfig
+from sparse_agents.study.store import read_result, result_path, write_json_atomic
 from sparse_agents.updaters import DENSE
+
+
+class StudyJob(Protocol):
+    """What the runner needs of a job: a stable id, a seed, a JSON-able config and its
+    record under a study's ``out`` (read, written atomically, cleared before a re-run)."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    def config(self) -> dict: ...
+
+    def read_record(self, out: Path) -> dict | None: ...
+
+    def write_record(self, out: Path, record: dict) -> None: ...
+
+    def clear_record(self, out: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -53,3 +78,15 @@ class Job:
         safe = self.workload.replace(":", "-").replace("/", "-")
         return (f"{safe}__{self.distribution}__{self.updater}__s{self.sparsity:g}"
                 f"__seed{self.seed}__{digest[:8]}")
+
+    def read_record(self, out: Path) -> dict | None:
+        """The stored record (``None``: none, or an unreadable one)."""
+        return read_result(out, self.job_id)
+
+    def write_record(self, out: Path, record: dict) -> None:
+        """Store ``record`` atomically."""
+        write_json_atomic(result_path(out, self.job_id), record)
+
+    def clear_record(self, out: Path) -> None:
+        """Remove the stored record (a stale failure must not pass for a new run's)."""
+        result_path(out, self.job_id).unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Per-run result files, written atomically: nothing finished is lost to a crash."""
+"""Per-run result files, written atomically: nothing finished is lost to a crash (whether a
+job is done: :func:`sparse_agents.study.runner.is_done`)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,3 @@ def read_result(out: Path, job_id: str) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def is_finished(out: Path, job_id: str, retry_failed: bool = True) -> bool:
-    """Whether ``job_id`` needs no (re-)run."""
-    result = read_result(out, job_id)
-    if result is None:
-        return False
-    return result.get("status") == "ok" or not retry_failed

@@ -80,7 +80,7 @@ def run_digits(job: Job) -> dict:
 SPARSITY_SCOPES = ("task", "network")
 #: settings only RL workloads read (a study mixing CL and RL workloads shares settings)
 RL_SETTINGS = ("algo", "timesteps", "eval_episodes", "n_evals", "steps_per_task",
-               "dense_input")
+               "dense_input", "net_arch")
 
 
 def cl_stream(workload: str) -> tuple[str, int | None]:
@@ -155,8 +155,9 @@ def run_rl(job: Job) -> dict:
 def run_rl_stream(job: Job) -> dict:
     """One SB3 agent through a gymnasium task stream from :mod:`envs` (e.g.
     ``rlstream:cartpole-physics``; per-task masks unless ``task_masks=false``; settings
-    ``steps_per_task``, ``dense_input``, ``n_tasks``); metric: mean final return over the
-    stream's tasks."""
+    ``steps_per_task``, ``dense_input``, ``n_tasks``, ``net_arch``: the hidden sizes of
+    every network); metric: mean final return over the stream's tasks. The record also
+    keeps the return matrix and each earlier task's forgetting."""
     s = dict(job.settings)
     sparse = job.updater != DENSE
     result = train_stream(
@@ -167,10 +168,15 @@ def run_rl_stream(job: Job) -> dict:
         steps_per_task=int(s.get("steps_per_task", 50_000)), seed=job.seed,
         n_tasks=s.get("n_tasks"), eval_episodes=int(s.get("eval_episodes", 10)),
         dense_input=bool(s.get("dense_input", False)),
+        policy_kwargs={"net_arch": list(s["net_arch"])} if s.get("net_arch") else None,
     )
     summary = result.summary()
     metrics = {k: float(summary[k]) for k in ("average_final_return", "forgetting", "bwt")}
     metrics.update({f"final_return_task{j}": v for j, v in enumerate(result.final_returns)})
+    metrics.update(max_task_forgetting=max(summary["task_forgetting"] or [0.0]),
+                   task_forgetting=summary["task_forgetting"],
+                   return_matrix=summary["return_matrix"],
+                   train_seconds=float(sum(summary["train_seconds"])))
     metrics.update({"metric": metrics["average_final_return"],
                     "metric_name": "average_final_return",
                     "masks": {k: float(v) for k, v in result.density.items()}})

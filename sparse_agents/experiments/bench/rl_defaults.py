@@ -1,6 +1,9 @@
 """The RL-defaults sweep of docs/rl_benchmarks.md: sparse PPO on CartPole-v1 under several
-topology update schedules and seeds, each one ``sparse-train`` run, scored by the final and
-the last-10% evaluation return (as Graesser et al. score)."""
+topology update schedules and seeds, scored by the final and the last-10% evaluation return
+(as Graesser et al. score). Each config is named ``sparse-train`` options, read once into a
+typed run (:class:`~sparse_agents.experiments.rl_run.RLRun`); each (config, seed) is a study
+job (:class:`~sparse_agents.study.rl_runs.RLRunJob`, folder ``OUT/<config>-s<seed>/``) on
+the study runner."""
 
 from __future__ import annotations
 
@@ -10,9 +13,12 @@ import json
 import math
 from pathlib import Path
 
-from sparse_agents.cli.train_agent import main as train
+from sparse_agents.cli.train_agent import build_parser as train_parser
+from sparse_agents.cli.train_agent import run_of
 from sparse_agents.experiments.rl import last_fraction_score
 from sparse_agents.intervals import mean_std
+from sparse_agents.study.rl_runs import RLRunJob, refuse_stale
+from sparse_agents.study.runner import BACKENDS, pending, run_study
 
 #: keep the first layer of the policy and value MLPs dense (config D)
 DENSE_INPUT = r"dense_layers=['mlp_extractor\\.policy_net\\.0','mlp_extractor\\.value_net\\.0']"
@@ -72,44 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=int, default=100_000)
     p.add_argument("--eval-freq", type=int, default=None,
                    help="timesteps between evaluations (default timesteps/10)")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once")
+    p.add_argument("--backend", choices=BACKENDS, default="process")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="train nothing, write nothing: check the finished runs and say which "
+                        "runs a resumed sweep would train")
     p.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
     return p
 
 
-#: the arguments a finished run must share with the sweep to be resumed (its hyperparameters
-#: and sparse options in effect are compared too: ``resume.settings_differ``)
-RESUME_KEYS = ("algo", "env", "updater", "timesteps", "seed", "eval_freq", "sparsity",
-               "distribution", "delta_t", "drop_fraction", "t_end_fraction")
-
-
-def run_argv(folder: Path, name: str, seed: int, timesteps: int,
-             eval_freq: int | None) -> list[str]:
-    """The ``sparse-train`` arguments of config ``name``'s run with ``seed``."""
+def make_jobs(configs: list[str], seeds: list[int], timesteps: int,
+              eval_freq: int | None) -> list[RLRunJob]:
+    """One job per (seed, config), in that order: config ``name``'s options with
+    ``--timesteps``, ``--seed`` and ``--eval-freq``, in folder ``<name>-s<seed>``."""
     extra = [] if eval_freq is None else ["--eval-freq", str(eval_freq)]
-    return ["--timesteps", str(timesteps), "--seed", str(seed), "--out", str(folder),
-            "--no-progress", "--no-plot", *extra, *CONFIGS[name]]
-
-
-def check_resumable(out: Path, configs: list[str], seeds: list[int], timesteps: int,
-                    eval_freq: int | None) -> None:
-    """Refuse to continue a sweep whose finished runs were made with other settings (a
-    config's options, a library default or ``--timesteps`` changed since)."""
-    from sparse_agents.experiments.bench.resume import refuse_stale, settings_differ
-
-    folders = {out / f"{name}-s{seed}": (name, seed) for seed in seeds for name in configs}
-    refuse_stale({str(f): settings_differ(f, run_argv(f, *ns, timesteps, eval_freq),
-                                          RESUME_KEYS) for f, ns in folders.items()},
-                 "A config whose options change needs a new name; or choose another --out.")
-
-
-def run_missing(out: Path, configs: list[str], seeds: list[int], timesteps: int,
-                eval_freq: int | None) -> None:
-    """Train every (config, seed) without a ``summary.json`` yet."""
+    jobs = []
     for seed in seeds:
         for name in configs:
-            folder = out / f"{name}-s{seed}"
-            if not (folder / "summary.json").exists():
-                train(run_argv(folder, name, seed, timesteps, eval_freq))
+            run = run_of(train_parser().parse_args(
+                ["--timesteps", str(timesteps), "--seed", str(seed), *extra, *CONFIGS[name]]))
+            jobs.append(RLRunJob(run, f"{name}-s{seed}", task=f"{run.algo}-{run.env}",
+                                 method=name))
+    return jobs
 
 
 def score(folder: Path) -> dict[str, float]:
@@ -154,10 +145,24 @@ def _mean_std(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        check_resumable(out, args.configs, args.seeds, args.timesteps, args.eval_freq)
-        run_missing(out, args.configs, args.seeds, args.timesteps, args.eval_freq)
+        jobs = make_jobs(args.configs, args.seeds, args.timesteps, args.eval_freq)
+        todo = pending(jobs, out)
+        refuse_stale([j for j in jobs if j not in todo], out,
+                     "A config whose options change needs a new name; or choose another --out.")
+        if args.dry_run:
+            print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished under {out} (skipped), "
+                  f"{len(todo)} to train" + (": " + ", ".join(j.job_id for j in todo)
+                                             if todo else ""))
+            return 0
+        records = run_study(jobs, out, workers=args.workers, backend=args.backend,
+                            ray_address=args.ray_address)
+        failed = [j.job_id for j, r in zip(jobs, records, strict=True)
+                  if r is None or r["status"] != "ok"]
+        if failed:
+            print(f"{len(failed)} run(s) failed (failed.json in their folders; re-running "
+                  f"retries them): {', '.join(failed)}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     text = table(out, args.configs, args.seeds)
     (out / "summary.md").write_text(text)
     print(text, end="")

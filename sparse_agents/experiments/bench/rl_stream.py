@@ -1,23 +1,24 @@
 """Benchmark: per-task-mask sparse PPO vs dense PPO fine-tuned through a task stream.
 
-Behind ``scripts/bench_rl_stream.py``: every (method, seed) trains one agent through the
-stream with :func:`sparse_agents.experiments.rl_stream.train_stream`.
+Behind ``scripts/bench_rl_stream.py``: every (method, seed) is a study job (workload
+``rlstream:<stream>``, :func:`sparse_agents.study.workloads.run_rl_stream`) that trains one
+agent through the stream; the study runner runs them (``--jobs`` processes) and resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from sparse_agents.distributions import METHODS as DISTRIBUTIONS
 from sparse_agents.intervals import mean_std
-from sparse_agents.updaters import updater_names
+from sparse_agents.study.job import Job
+from sparse_agents.study.runner import run_study
+from sparse_agents.updaters import DENSE, updater_names
 
 METHODS = {
     "masks": "{updater} {sparsity:.0%}, per-task masks",
@@ -30,10 +31,11 @@ Benchmark: per-task-mask sparse PPO vs dense PPO fine-tuned through a task strea
 
 For every method and seed, trains one agent through the stream
 (sparse_agents.experiments.rl_stream.train_stream), evaluates it on every task so far
-after each task, and writes that run's outputs under OUT/<method>/seed<k>/. Prints (and
-writes to OUT/table.md and OUT/results.json) the final return on every task and the
-forgetting, mean +- std over seeds. Re-running retrains every run and overwrites these
-files. Methods:
+after each task, and writes that run's record (returns matrix, final returns,
+forgetting) to OUT/runs/<job id>.json (the study harness's store). Prints (and writes to
+OUT/table.md and OUT/results.json) the final return on every task and the forgetting,
+mean +- std over seeds. Re-running retrains every run and overwrites these files; with
+--resume, finished runs are skipped. Methods:
   masks      SRigL (--updater) at --sparsity per task, per-task masks
   dense      SB3's dense MlpPolicy, fine-tuned through the stream
   sparse-ft  (--sparse-finetune) the same sparse agent without task masks"""
@@ -41,7 +43,7 @@ files. Methods:
 EPILOG = """\
 example:
   python scripts/bench_rl_stream.py --stream cartpole-physics --seeds 0 1 2 \\
-      --steps-per-task 50000 --jobs 2 --out runs/bench_rl_stream"""
+      --steps-per-task 50000 --jobs 2 --resume --out runs/bench_rl_stream"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,44 +66,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-finetune", action="store_true",
                    help="also run the sparse agent without task masks")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    p.add_argument("--resume", action="store_true", help="skip the runs already done")
     p.add_argument("--out", default="runs/bench_rl_stream")
     return p
 
 
-def run_job(job: dict) -> dict:
-    """One (method, seed) run, in this or a worker process; its summary."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    from sparse_agents.experiments.rl_stream import train_stream
-
-    torch.set_num_threads(1)
-    method, seed = job["method"], job["seed"]
-    kwargs = dict(job["common"])
-    if method == "dense":
-        kwargs.update(updater="dense", task_masks=False)
-    else:
-        kwargs.update(updater=job["updater"], task_masks=method == "masks")
-    start = time.perf_counter()
-    result = train_stream(job["stream"], seed=seed, **kwargs)
-    result.save(Path(job["out"]) / method / f"seed{seed}")
-    summary = result.summary()
-    summary["wall_seconds"] = time.perf_counter() - start
-    print(f"{method} seed {seed}: final {np.round(summary['final_returns'], 1).tolist()} "
-          f"forgetting {summary['forgetting']:.1f} ({summary['wall_seconds']:.0f} s)",
-          flush=True)
-    return {"method": method, "seed": seed, **summary}
-
-
-def make_jobs(args, methods: list[str]) -> list[dict]:
-    """One job per (seed, method)."""
-    common = dict(algo=args.algo, sparsity=args.sparsity, distribution=args.distribution,
-                  steps_per_task=args.steps_per_task, eval_episodes=args.eval_episodes,
-                  dense_input=args.dense_input)
+def make_jobs(args, methods: list[str]) -> list[tuple[str, Job]]:
+    """One (method, study job) per (seed, method)."""
+    common = dict(algo=args.algo, steps_per_task=args.steps_per_task,
+                  eval_episodes=args.eval_episodes, dense_input=args.dense_input)
     if args.net_arch:
-        common["policy_kwargs"] = {"net_arch": list(args.net_arch)}
-    return [dict(method=m, seed=s, stream=args.stream, updater=args.updater, common=common,
-                 out=args.out) for s in args.seeds for m in methods]
+        common["net_arch"] = list(args.net_arch)
+    workload = f"rlstream:{args.stream}"
+    jobs = []
+    for seed in args.seeds:
+        for method in methods:
+            if method == "dense":
+                job = Job(workload, "none", 0.0, DENSE, seed, {**common, "task_masks": False})
+            else:
+                job = Job(workload, args.distribution, args.sparsity, args.updater, seed,
+                          {**common, "task_masks": method == "masks"})
+                job.sparse_config()  # ValueError naming a bad option
+            jobs.append((method, job))
+    return jobs
+
+
+def run_summary(method: str, job: Job, record: dict) -> dict:
+    """A finished run's row: method, seed, final return per task, forgetting."""
+    metrics = record["metrics"]
+    n = sum(k.startswith("final_return_task") for k in metrics)
+    final = [metrics[f"final_return_task{j}"] for j in range(n)]
+    summary = {"method": method, "seed": job.seed, "final_returns": final,
+               "task_forgetting": metrics.get("task_forgetting", []),
+               "forgetting": metrics["forgetting"], "bwt": metrics["bwt"],
+               "return_matrix": metrics.get("return_matrix"),
+               "wall_seconds": record.get("wall_time")}
+    print(f"{method} seed {job.seed}: final {np.round(final, 1).tolist()} forgetting "
+          f"{summary['forgetting']:.1f}", flush=True)
+    return summary
 
 
 def _fmt(values: list[float]) -> str:
@@ -156,12 +158,19 @@ def run(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     methods = ["masks", "dense"] + (["sparse-ft"] if args.sparse_finetune else [])
     jobs = make_jobs(args, methods)
+    out = Path(args.out)
     start = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(run_job, jobs))
-    else:
-        runs = [run_job(job) for job in jobs]
+    if not args.resume:
+        for _, job in jobs:
+            job.clear_record(out)
+    records = run_study([job for _, job in jobs], out, workers=args.jobs)
+    failed = [job.job_id for (_, job), r in zip(jobs, records, strict=True)
+              if r is None or r["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed (see their records under "
+                           f"{out / 'runs'}): {', '.join(failed)}")
+    runs = [run_summary(method, job, record)
+            for (method, job), record in zip(jobs, records, strict=True)]
     report(args, runs, methods, start)
     return runs
 
