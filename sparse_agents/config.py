@@ -22,13 +22,21 @@ from sparse_agents.schedules import UpdateSchedule
 from sparse_agents.sparse_init import check_sparse_init
 from sparse_agents.updaters import get_updater
 
-__all__ = ["COMPUTE", "GRAD_MASKING", "MASK_SOURCES", "SparseConfig", "check_compute",
-           "check_mask_source", "check_unit"]
+__all__ = ["COMPUTE", "GRAD_MASKING", "MASK_SOURCES", "SparseConfig", "check_choice",
+           "check_compute", "check_mask_source", "check_unit"]
 
 GRAD_MASKING = ("step", "backward")
 COMPUTE = ("masked", "condensed", "auto")
 #: the sources of ``masks=`` given by name (else a mapping of parameter name -> mask)
 MASK_SOURCES = ("existing", "nonzero")
+
+
+def check_choice(value: Any, choices: Iterable, name: str) -> Any:
+    """``value`` if it is one of ``choices``, else a ``ValueError`` naming ``name``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def check_compute(compute: object) -> str:
@@ -99,12 +107,8 @@ class SparseConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the frozen dataclass's own way to normalise a field
-        if self.distribution not in METHODS:
-            raise ValueError(f"distribution must be one of {METHODS}, got "
-                             f"{self.distribution!r}")
-        if self.grad_masking not in GRAD_MASKING:
-            raise ValueError(f"grad_masking must be one of {GRAD_MASKING}, got "
-                             f"{self.grad_masking!r}")
+        check_choice(self.distribution, METHODS, "distribution")
+        check_choice(self.grad_masking, GRAD_MASKING, "grad_masking")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         set_(self, "seed", int(self.seed))

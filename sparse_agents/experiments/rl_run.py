@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparse_agents.config import SparseConfig
-from sparse_agents.distributions import METHODS
+from sparse_agents.config import SparseConfig, check_choice
 from sparse_agents.experiments.hyperparams import SOURCES, SPARSE_SETTINGS, hyperparameters
 from sparse_agents.experiments.results import write_atomic
 from sparse_agents.experiments.rl import (
@@ -170,21 +169,13 @@ class RLRun:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the frozen dataclass's own way to normalise a field
-        if self.algo not in ALGOS:
-            raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        check_choice(self.algo, ALGOS, "algo")
         set_(self, "env", self.env or DEFAULT_ENV[self.algo])
         get_updater(self.updater, dense=True)
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        if self.distribution not in METHODS:
-            raise ValueError(f"distribution must be one of {METHODS}, got "
-                             f"{self.distribution!r}")
-        if self.hyperparams not in SOURCES:
-            raise ValueError(f"hyperparams must be one of {tuple(SOURCES)}, got "
-                             f"{self.hyperparams!r}")
-        if self.sparse_settings not in SPARSE_SETTINGS:
-            raise ValueError(f"sparse_settings must be one of {SPARSE_SETTINGS}, got "
-                             f"{self.sparse_settings!r}")
+        # the topology options' checks are SparseConfig's (the dense run's too)
+        SparseConfig(sparsity=self.sparsity, distribution=self.distribution)
+        check_choice(self.hyperparams, SOURCES, "hyperparams")
+        check_choice(self.sparse_settings, SPARSE_SETTINGS, "sparse_settings")
         if self.timesteps < 1:
             raise ValueError(f"--timesteps must be >= 1, got {self.timesteps}")
         if self.eval_episodes < 1 or (self.eval_freq is not None and self.eval_freq < 1):
