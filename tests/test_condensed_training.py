@@ -415,3 +415,21 @@ def test_condense_and_flops_read_a_model_that_trains_condensed():
     active = sum(int(x.mask.sum()) for x in topo.layers)
     assert sa.flops(model, (16,)).sparse == pytest.approx(2 * active + 2 * sum(
         m.bias.numel() for m in model if isinstance(m, nn.Linear)), rel=0.05)
+
+
+@pytest.mark.skipif(not K.NUMBA_AVAILABLE, reason="numba kernels")
+def test_kernels_run_on_as_many_threads_as_torch():
+    """A sweep's process runs torch on one thread per core; numba's default (every core)
+    would oversubscribe the cores."""
+    import numba
+
+    s = Structure.from_mask(torch.rand(64, 64) < 0.2)
+    xt, v, b = torch.randn(64, 8), torch.randn(s.nnz), torch.zeros(64)
+    before = torch.get_num_threads()
+    try:
+        for n in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            torch.set_num_threads(n)
+            K.forward(s, xt, v, b, "numba")
+            assert numba.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)

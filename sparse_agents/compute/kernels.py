@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparse_agents.condensed.kernels import numba_threads
+
 __all__ = ["IMPLEMENTATIONS", "NUMBA_AVAILABLE", "backward_input", "backward_weight",
            "backward_both", "forward", "forward_rows", "numba_supports", "scatter"]
 
@@ -233,9 +235,17 @@ if NUMBA_AVAILABLE:
 def scatter(weight: Tensor, s, values: Tensor) -> None:
     """Write ``values`` into a weight at the active entries of structure ``s``."""
     if numba_supports(weight) and numba_supports(values) and weight.is_contiguous():
+        match_torch_threads()
         _scatter(weight.detach().view(-1).numpy(), s.arrays.flat, values.detach().numpy())
     else:
         weight.detach().view(-1)[s.flat.to(weight.device)] = values.detach().to(weight.dtype)
+
+
+def match_torch_threads() -> None:
+    """Run the numba kernels on as many threads as torch uses (``torch.set_num_threads``).
+    numba's default is every core, so a sweep running one process per core would
+    oversubscribe them, and a parallel kernel waits for its slowest thread."""
+    numba_threads(torch.get_num_threads())
 
 
 def numba_supports(t: Tensor) -> bool:
@@ -280,6 +290,7 @@ ROWS_MAX_BATCH = 4
 def forward(s, xt: Tensor, values: Tensor, bias: Tensor, impl: str) -> Tensor:
     """``y.T [out, B]`` of the layer with structure ``s`` on ``xt [in, B]`` (contiguous)."""
     if impl == "numba":
+        match_torch_threads()
         outt = torch.empty((s.out_features, xt.shape[1]), dtype=xt.dtype)
         a = s.arrays
         _forward_t(xt.numpy(), values.numpy(), a.col, a.rowptr, bias.numpy(), outt.numpy())
@@ -290,6 +301,7 @@ def forward(s, xt: Tensor, values: Tensor, bias: Tensor, impl: str) -> Tensor:
 
 def forward_rows(s, x: Tensor, values: Tensor, bias: Tensor) -> Tensor:
     """``y [B, out]`` from a contiguous ``x [B, in]`` (numba, small batches, no grad)."""
+    match_torch_threads()
     out = torch.empty((x.shape[0], s.out_features), dtype=x.dtype)
     a = s.arrays
     _forward_rows(x.numpy(), values.numpy(), a.col, a.rowptr, bias.numpy(), out.numpy())
@@ -299,6 +311,7 @@ def forward_rows(s, x: Tensor, values: Tensor, bias: Tensor) -> Tensor:
 def backward_input(s, dyt: Tensor, values: Tensor, impl: str) -> Tensor:
     """``dx.T [in, B]`` from ``dy.T [out, B]`` through the transposed structure."""
     if impl == "numba":
+        match_torch_threads()
         dxt = torch.empty((s.in_features, dyt.shape[1]), dtype=dyt.dtype)
         a = s.arrays
         _input_grad_t(dyt.numpy(), values.numpy(), a.perm, a.rowt, a.colptr, dxt.numpy())
@@ -310,6 +323,7 @@ def backward_input(s, dyt: Tensor, values: Tensor, impl: str) -> Tensor:
 def backward_both(s, dyt: Tensor, xt: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     """``(dx.T [in, B], grad of the values [nnz])`` in one numba pass (see
     ``_backward_t``)."""
+    match_torch_threads()
     dxt = torch.empty((s.in_features, dyt.shape[1]), dtype=dyt.dtype)
     gv = torch.empty(s.nnz, dtype=dyt.dtype)
     a = s.arrays
@@ -322,6 +336,7 @@ def backward_weight(s, dyt: Tensor, xt: Tensor, impl: str) -> Tensor:
     """The gradient of the active values, ``[nnz]``, from ``dy.T [out, B]`` and
     ``x.T [in, B]``."""
     if impl == "numba":
+        match_torch_threads()
         gv = torch.empty(s.nnz, dtype=dyt.dtype)
         a = s.arrays
         _weight_grad(dyt.numpy(), xt.numpy(), a.col, a.rowptr, gv.numpy())
