@@ -41,9 +41,7 @@ def check_choice(value: Any, choices: Iterable, name: str) -> Any:
 
 def check_compute(compute: object) -> str:
     """``compute`` if it is one of :data:`COMPUTE`, else a ``ValueError`` naming it."""
-    if compute not in COMPUTE:
-        raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
-    return compute
+    return check_choice(compute, COMPUTE, "compute")
 
 
 def check_mask_source(source: object) -> str:

@@ -17,6 +17,7 @@ deselects them: a >2 GB model). ``tests/test_sb3_conformance.py`` asserts that n
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -180,7 +181,7 @@ def run(extra: list[str] | None = None, out: Path | None = None) -> tuple[dict[s
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
              "-m", "not expensive", str(folder), *(extra or [])],
             cwd=folder, capture_output=True, text=True,
-            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
     text = proc.stdout + proc.stderr
     counts = {k: 0 for k in ("passed", "failed", "skipped", "error", "xfailed", "xpassed")}
     tail = text.strip().splitlines()[-1] if text.strip() else ""

@@ -62,6 +62,7 @@ from sparse_agents.topology import (
     MASK_BUFFER,
     SparseTopology,
     find_maskable,
+    masked_layers,
     match_layer,
 )
 from sparse_agents.updaters import get_updater
@@ -149,8 +150,9 @@ _INPUT_SEQUENTIALS = re.compile(r"policy_net|value_net|q_net|latent_pi|qf\d+|mu"
 def topology_config(opts: Mapping[str, Any]) -> SparseConfig:
     """The topology options of a policy's ``opts`` (its own keywords, then
     ``topology_kwargs``) as one config; masks are always applied in backward."""
-    return SparseConfig(**{k: opts[k] for k in POLICY_TOPOLOGY_OPTIONS},
-                        **(opts["topology_kwargs"] or {}), grad_masking="backward")
+    return SparseConfig.from_dict({**{k: opts[k] for k in POLICY_TOPOLOGY_OPTIONS},
+                                   **(opts["topology_kwargs"] or {}),
+                                   "grad_masking": "backward"}, what="topology_kwargs")
 
 
 def check_options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -168,8 +170,7 @@ def check_options(opts: dict[str, Any]) -> dict[str, Any]:
     if clash:
         raise ValueError(f"topology_kwargs must not repeat {sorted(clash)}: "
                          "pass them as policy_kwargs (grad_masking is always 'backward')")
-    SparseConfig.from_dict(kw or {}, what="topology_kwargs")  # unknown keys are named
-    config = topology_config(opts)
+    config = topology_config(opts)  # unknown topology_kwargs keys are named
     opts.update({k: getattr(config, k) for k in POLICY_TOPOLOGY_OPTIONS})
     frac = opts["t_end_fraction"]
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac <= 1.0:
@@ -376,8 +377,7 @@ class SparseRuntime:
         self._build_targets(policy)
         self._short = self._short_names()
         warn_thin_layers(self.topologies, opts["sparsity"], reading_input=[
-            re.sub(r"\\(.)", r"\1", p) for group in names
-            for p in input_layers(policy, group)])
+            n for group in names for n in input_layer_names(policy, group)])
 
     def _build_targets(self, policy: nn.Module) -> None:
         """Pair every masked module reachable from ``<x>`` with the module at the same
@@ -647,7 +647,7 @@ def default_heads(policy: nn.Module, names: list[str]) -> list[str]:
     return [re.escape(n) for n in heads + list(by_parent.values())]
 
 
-def input_layers(policy: nn.Module, names: list[str]) -> list[str]:
+def input_layer_names(policy: nn.Module, names: list[str]) -> list[str]:
     """The layers among ``names`` that read the observation: the first Linear of each MLP
     SB3 builds on the features (policy_net, value_net, q_net, latent_pi, qf<i>, mu), heads
     excepted; none when a features extractor has weights (CNN policies: its first layer
@@ -662,7 +662,12 @@ def input_layers(policy: nn.Module, names: list[str]) -> list[str]:
         if parent and _INPUT_SEQUENTIALS.fullmatch(parent.rpartition(".")[2]) and \
                 isinstance(policy.get_submodule(parent), nn.Sequential):
             first.setdefault(parent, n)  # model order: the first one wins
-    return [p for p in map(re.escape, first.values()) if p not in heads]
+    return [n for n in first.values() if re.escape(n) not in heads]
+
+
+def input_layers(policy: nn.Module, names: list[str]) -> list[str]:
+    """:func:`input_layer_names` as layer patterns (escaped regexes)."""
+    return [re.escape(n) for n in input_layer_names(policy, names)]
 
 
 def input_patterns(policy: nn.Module, names: list[str], dense: list,
@@ -738,11 +743,6 @@ def _refuse_dict_observations(cls: type, args: tuple, kwargs: dict) -> None:
 _SUBNETWORK_OWNER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _masked_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in root.named_modules()
-            if isinstance(getattr(m, MASK_BUFFER, None), torch.Tensor)]
-
-
 def _drop_masks_at_root(module: nn.Module, state_dict: dict, prefix: str,
                         local_metadata: dict) -> None:
     """A sub-network's own ``state_dict()`` (``actor.save``) holds no mask buffers, so
@@ -753,7 +753,7 @@ def _drop_masks_at_root(module: nn.Module, state_dict: dict, prefix: str,
     # pickled with the saved constructor parameters, masks included: their masks stay
     params = module._get_constructor_parameters().values()
     carried = {id(m) for v in params if isinstance(v, nn.Module) for m in v.modules()}
-    for name, m in _masked_modules(module):
+    for name, m in masked_layers(module).items():
         if id(m) not in carried:
             state_dict.pop(f"{name}.{MASK_BUFFER}" if name else MASK_BUFFER, None)
 
@@ -763,7 +763,7 @@ def _keep_masks_at_root(module: nn.Module, state_dict: dict, prefix: str, *args)
     if prefix:
         return
     _LOADED_ALONE.add(module)
-    for name, m in _masked_modules(module):
+    for name, m in masked_layers(module).items():
         key = f"{name}.{MASK_BUFFER}" if name else MASK_BUFFER
         if key not in state_dict:
             state_dict[key] = getattr(m, MASK_BUFFER).clone()
@@ -843,11 +843,12 @@ def keep_subnetworks_plain(policy: nn.Module) -> None:
     """Hooks for SB3's sub-network save/load (``policy.actor.save(path)`` then
     ``Actor.load(path)``; likewise ``critic``, ``q_net`` and the targets): the state of a
     sub-network saved on its own has no masks, loads into the plain class, and loads
-    back into the sparse sub-network keeping its masks. The policy and its sub-networks
-    re-mask their weights after every load."""
+    back into the sparse sub-network keeping its masks. After a load without the
+    topology state (``strict=False`` without ``sparse_state``, or a sub-network's own
+    state) the topologies re-mask the weights."""
     policy.register_load_state_dict_post_hook(_remask_after_load)
     for child in policy.children():
-        if not isinstance(child, BaseModel) or not _masked_modules(child):
+        if not isinstance(child, BaseModel) or not masked_layers(child):
             continue
         _SUBNETWORK_OWNER[child] = weakref.ref(policy)
         child.register_state_dict_post_hook(_drop_masks_at_root)
