@@ -88,3 +88,15 @@ def test_sweep_report_tests_every_group_against_dense_and_dst_against_static(tmp
     assert "below dense" in rows["| x-static"]
     assert "| x-srigl |" in dst and "above static" in dst
     assert "Below the protocol" not in text  # 6 evaluations in the last tenth
+
+
+def test_intervals_are_reproducible_for_a_seed_and_leave_numpys_generator_alone():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(0, 1, 8), rng.normal(0.5, 1, 8)
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    first = ev.difference(x, y, reps=REPS)
+    assert ev.difference(x, y, reps=REPS) == first
+    assert ev.noninferiority(x, y, reps=REPS) == ev.noninferiority(x, y, reps=REPS)
+    assert (np.random.get_state()[1] == before).all()
+    assert ev.difference(x, y, reps=REPS, seed=1) != first

@@ -32,6 +32,9 @@ from rliable import metrics
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from sparse_agents.experiments.results import write_atomic
+from sparse_agents.intervals import mean_std
+
 __all__ = ["MARGIN", "MIN_EVALS", "WINDOW", "Interval", "Run", "difference", "holm",
            "improvement_probability", "iqm", "noninferiority", "read_runs", "sweep_report",
            "window_score"]
@@ -83,11 +86,20 @@ def _rng(seed: int) -> np.random.RandomState:
 
 
 def _estimates(data: Mapping, func, reps: int, seed: int):
-    """rliable's interval estimates (arch's bootstrap warns that ``random_state`` is
-    deprecated, which rliable 1.2 passes: silenced here)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module="arch")
-        return rly.get_interval_estimates(data, func, reps=reps, random_state=_rng(seed))
+    """rliable's interval estimates, reproducible for ``seed``. rliable 1.2's stratified
+    bootstraps draw their indices from NumPy's global generator (the ``random_state`` it
+    takes goes to arch, which does not draw them), so that generator is seeded here and
+    its state restored afterwards; arch's warning that ``random_state`` is deprecated is
+    silenced."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="arch")
+            return rly.get_interval_estimates(data, func, reps=reps,
+                                              random_state=_rng(seed))
+    finally:
+        np.random.set_state(state)
 
 
 def _matrix(scores: ArrayLike, name: str) -> np.ndarray:
@@ -110,6 +122,20 @@ def iqm(score_dict: Mapping[str, ArrayLike], reps: int = REPS, seed: int = 0
                         bool(ci[k][0, 0] > 0)) for k in data}
 
 
+def _pair(x: np.ndarray, y: np.ndarray, stat, reps: int, seed: int
+          ) -> tuple[float, float, float]:
+    """``stat(x, y)`` and its stratified independent bootstrap 95% CI."""
+    point, ci = _estimates({"c": (x, y)}, stat, reps, seed)
+    return float(point["c"][0]), float(ci["c"][0, 0]), float(ci["c"][1, 0])
+
+
+def _mean_gap(margin: float, scale: np.ndarray | float):
+    """The statistic ``sum over tasks of (mean(x) - margin * mean(y)) / scale``."""
+    def stat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.array([float(np.sum((x.mean(0) - margin * y.mean(0)) / scale))])
+    return stat
+
+
 def noninferiority(sparse: ArrayLike, dense: ArrayLike, margin: float = MARGIN,
                    reps: int = REPS, seed: int = 0) -> Interval:
     """``sum over tasks of (mean(sparse) - margin * mean(dense)) / |mean(dense)|`` (one
@@ -118,14 +144,9 @@ def noninferiority(sparse: ArrayLike, dense: ArrayLike, margin: float = MARGIN,
     s, d = _matrix(sparse, "sparse"), _matrix(dense, "dense")
     if s.shape[1] != d.shape[1]:
         raise ValueError(f"sparse has {s.shape[1]} tasks, dense {d.shape[1]}")
-    scale = np.abs(d.mean(axis=0)) if s.shape[1] > 1 else np.ones(1)
-
-    def stat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.array([float(np.sum((x.mean(0) - margin * y.mean(0)) / scale))])
-
-    point, ci = _estimates({"c": (s, d)}, stat, reps, seed)
-    low, high = float(ci["c"][0, 0]), float(ci["c"][1, 0])
-    return Interval(float(point["c"][0]), low, high, low > 0)
+    scale = np.abs(d.mean(axis=0)) if s.shape[1] > 1 else 1.0
+    estimate, low, high = _pair(s, d, _mean_gap(margin, scale), reps, seed)
+    return Interval(estimate, low, high, low > 0)
 
 
 def difference(a: ArrayLike, b: ArrayLike, reps: int = REPS, seed: int = 0) -> Interval:
@@ -133,14 +154,9 @@ def difference(a: ArrayLike, b: ArrayLike, reps: int = REPS, seed: int = 0) -> I
     a stratified independent bootstrap 95% CI and Welch's two-sided p-value (first
     task); ``holds`` when the CI excludes 0."""
     x, y = _matrix(a, "a"), _matrix(b, "b")
-
-    def stat(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.array([float(np.sum(u.mean(0) - v.mean(0)))])
-
-    point, ci = _estimates({"c": (x, y)}, stat, reps, seed)
-    low, high = float(ci["c"][0, 0]), float(ci["c"][1, 0])
+    estimate, low, high = _pair(x, y, _mean_gap(1.0, 1.0), reps, seed)
     p = float(stats.ttest_ind(x[:, 0], y[:, 0], equal_var=False).pvalue)
-    return Interval(float(point["c"][0]), low, high, low > 0 or high < 0, p)
+    return Interval(estimate, low, high, low > 0 or high < 0, p)
 
 
 def holm(contrasts: Mapping[str, Interval], alpha: float = 0.05) -> dict[str, Interval]:
@@ -160,12 +176,10 @@ def improvement_probability(x: ArrayLike, y: ArrayLike, reps: int = REPS,
                             seed: int = 0) -> Interval:
     """P(a run of X scores above a run of Y), averaged over tasks (rliable), with its
     95% CI; ``holds`` when the CI is above 0.5."""
-    a, b = _matrix(x, "x"), _matrix(y, "y")
-    point, ci = _estimates(
-        {"c": (a, b)}, lambda u, v: np.array([metrics.probability_of_improvement(u, v)]),
-        reps, seed)
-    low = float(ci["c"][0, 0])
-    return Interval(float(point["c"][0]), low, float(ci["c"][1, 0]), low > 0.5)
+    estimate, low, high = _pair(
+        _matrix(x, "x"), _matrix(y, "y"),
+        lambda u, v: np.array([metrics.probability_of_improvement(u, v)]), reps, seed)
+    return Interval(estimate, low, high, low > 0.5)
 
 
 # ---------------------------------------------------------------------- a sweep's report
@@ -223,8 +237,7 @@ def sweep_report(sweep: str | Path, dense: str | None = None, static: str | None
              "| group | seeds | evals in window | score |", "|---|---|---|---|"]
     for g in names:
         ev = sorted({r.window_evals for r in groups[g]})
-        mean = scores[g].mean()
-        std = scores[g].std(ddof=1) if len(scores[g]) > 1 else math.nan
+        mean, std = mean_std(scores[g])
         lines.append(f"| {g} | {len(scores[g])} | {'/'.join(map(str, ev))} | "
                      f"{mean:.1f} ± {std:.1f} |")
     short = [g for g in names if min(r.window_evals for r in groups[g]) < MIN_EVALS]
@@ -273,9 +286,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--margin", type=float, default=MARGIN)
     args = parser.parse_args(argv)
     for sweep in args.sweeps:
-        text = sweep_report(sweep, args.dense, args.static, args.margin)
         out = Path(sweep, "evidence.md")
-        tmp = out.with_suffix(".md.tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_atomic(out, sweep_report(sweep, args.dense, args.static, args.margin))
         print(f"wrote {out}")
