@@ -37,6 +37,7 @@ from sparse_agents.distributions import (
     kept_counts,
     layer_densities,
 )
+from sparse_agents.dormant import DORMANT_TAU, DormantTracker
 from sparse_agents.forward_order import ForwardOrder
 from sparse_agents.optim_state import MASK_PRESERVING, first_moment_rule, reset_state
 from sparse_agents.sparse_init import rescale_to_mask_
@@ -393,6 +394,8 @@ class SparseTopology:
                         ever_active=torch.zeros(module.weight.shape, dtype=torch.bool,
                                                 device=module.weight.device))
             for i, (name, module) in enumerate(candidates) if i not in dense_idx]
+        #: the inputs of the masked layers, for the dormant-neuron fraction of metrics()
+        self._dormant = DormantTracker([(x.module_name, x.module) for x in self.layers])
         empty = [x.name for x in self.layers if x.budget == 0]
         if empty and self.spec.constant_fan_in:
             raise ValueError(f"budget of {empty} is 0: updater {self.updater!r} needs at least "
@@ -795,6 +798,7 @@ class SparseTopology:
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         self.step += 1
+        self._dormant.tick()
         # SGD/Adam/AdamW/RMSprop fed masked gradients leave zero weights and zero
         # state at zero (their updates are products with the masked gradient and
         # state), so they need no re-masking; others, and layers with frozen entries
@@ -928,7 +932,8 @@ class SparseTopology:
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()
     def metrics(self) -> dict[str, float]:
-        """Global and per-layer density, alive neurons, fan-in, ITOP rate, counts."""
+        """Global and per-layer density, alive neurons, fan-in, ITOP rate, counts, and the
+        dormant-neuron fraction (:meth:`dormant`)."""
         out: dict[str, float] = {}
         active = self._dense_numel
         total = self._dense_numel
@@ -955,7 +960,15 @@ class SparseTopology:
         out["itop"] = ever / masked_total
         out["updates"] = self.n_updates
         out["step"] = self.step
+        out.update(self.dormant())
         return out
+
+    def dormant(self, tau: float = DORMANT_TAU) -> dict[str, float]:
+        """ReDo's dormant-neuron fraction (Sokar et al. 2023) of the hidden neurons the
+        masked layers read, from a training batch at most 10 optimizer steps old:
+        ``dormant_fraction`` and ``dormant/<layer>`` (neurons with score <= ``tau``;
+        ``nan`` before a forward with gradients; :mod:`sparse_agents.dormant`)."""
+        return self._dormant.metrics(tau)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

@@ -64,6 +64,7 @@ from sparse_agents.topology import (
     find_maskable,
     masked_layers,
     match_layer,
+    unwrap,
 )
 from sparse_agents.updaters import get_updater
 
@@ -512,8 +513,10 @@ class SparseRuntime:
             for tkey, topo in self.topologies.items():
                 m = topo.metrics()
                 numel = sum(layer.weight.numel() for layer in topo.layers)
-                if policy is not None:
-                    numel += sum(policy.get_parameter(n).numel() for n in topo.dense_names)
+                # dense names are relative to the topology's model (the policy, or the
+                # sub-network a TaskMasks masks: DQN's q_net, SAC's actor and critic)
+                model = unwrap(topo.model)
+                numel += sum(model.get_parameter(n).numel() for n in topo.dense_names)
                 totals.append((m["density"], numel))
                 prefix = f"{tkey}/" if multi else ""
                 out[prefix + "density"] = m["density"]
@@ -537,7 +540,8 @@ class SparseRuntime:
         return out
 
     def _counters(self) -> dict[str, float]:
-        """The values that change at every optimizer step or learn() call."""
+        """The values that change at every optimizer step or learn() call (the
+        dormant-neuron fractions too)."""
         out: dict[str, float] = {}
         multi = len(self.topologies) > 1
         for tkey, topo in self.topologies.items():
@@ -545,6 +549,10 @@ class SparseRuntime:
             out[prefix + "updates"] = topo.n_updates
             out[prefix + "step"] = topo.step
             out[prefix + "t_end"] = topo.schedule.t_end or 0
+            for key, value in topo.dormant().items():  # changes with every batch
+                layer = key.partition("/")[2]
+                out[f"dormant/{self._short.get(layer, layer)}" if layer
+                    else prefix + key] = value
         if multi:
             out["updates"] = sum(t.n_updates for t in self.topologies.values())
         return out
@@ -612,7 +620,7 @@ def record_metrics(logger, metrics: Mapping[str, float]) -> None:
     """Record ``metrics`` under ``sparse/``: stdout gets the global values and per-layer
     density, alive neurons and mean fan-in; csv/tensorboard/json get everything."""
     for key, value in metrics.items():
-        quiet = key.startswith(("alive_frac/", "fan_in_min/", "fan_in_max/")) or \
+        quiet = key.startswith(("alive_frac/", "fan_in_min/", "fan_in_max/", "dormant/")) or \
             key.endswith("t_end")
         logger.record(f"sparse/{key}", value, exclude=("stdout", "log") if quiet else None)
 
