@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sparse_agents.experiments import evidence as ev
+from sparse_agents.experiments.rl import MIN_EVALS, window_score
 
 REPS = 1000
 
@@ -100,3 +101,30 @@ def test_intervals_are_reproducible_for_a_seed_and_leave_numpys_generator_alone(
     assert ev.noninferiority(x, y, reps=REPS) == ev.noninferiority(x, y, reps=REPS)
     assert (np.random.get_state()[1] == before).all()
     assert ev.difference(x, y, reps=REPS, seed=1) != first
+
+
+def test_window_steps_spread_the_evaluations_over_the_last_tenth():
+    from sparse_agents.experiments.rl import window_steps
+
+    assert window_steps(100_000, 5) == [92_000, 94_000, 96_000, 98_000, 100_000]
+    assert window_steps(1000, 0) == []
+    with pytest.raises(ValueError, match="window_evals"):
+        window_steps(1000, -1)
+
+
+def test_a_run_with_window_evals_holds_the_protocols_evaluations_in_its_window(tmp_path):
+    """Without ``window_evals`` a run evaluating 5 times over training has 1 evaluation in
+    its last 10%; with 5 it has >= 5, so ``window_score`` accepts it and the summary's
+    ``window_score`` equals it; a resumed sweep compares ``window_evals``."""
+    from sparse_agents.experiments.rl_run import RLRun
+
+    run = RLRun(algo="ppo", env="CartPole-v1", updater="static", timesteps=2048,
+                eval_freq=512, eval_episodes=1, window_evals=5)
+    summary = run.train(tmp_path / "run", plot=False)
+    rows = np.loadtxt(tmp_path / "run" / "evaluations.csv", delimiter=",", skiprows=1)
+    t, r = rows[:, 0], rows[:, 1]
+    assert (t >= 0.9 * 2048).sum() >= MIN_EVALS
+    assert summary["window_score"] == pytest.approx(window_score(t, r, 2048))
+    other = RLRun(algo="ppo", env="CartPole-v1", updater="static", timesteps=2048,
+                  eval_freq=512, eval_episodes=1)
+    assert any("window_evals" in d for d in other.differences(tmp_path / "run"))

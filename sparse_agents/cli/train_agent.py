@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-freq", type=int, default=None,
                    help="timesteps between evaluations (default timesteps/10)")
     p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--window-evals", type=int, default=0, metavar="K",
+                   help="K more evaluations spread over the last 10%% of training (the "
+                        "protocol's score window, summary window_score; docs/protocol.md)")
     p.add_argument("--hyperparams", choices=tuple(SOURCES), default="zoo",
                    help="hyperparameter table: rl-baselines3-zoo's, or a paper's own "
                         "configuration with its sparse schedule (graesser: Graesser et al. "
@@ -95,7 +98,8 @@ def run_of(args: argparse.Namespace) -> RLRun:
                  hyperparams=args.hyperparams, sparse_settings=args.sparse_settings,
                  overrides=parse_overrides(args.hp), options=options,
                  eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
-                 fused_adam=args.fused_adam, condensed_rollout=args.condensed_rollout,
+                 window_evals=args.window_evals, fused_adam=args.fused_adam,
+                 condensed_rollout=args.condensed_rollout,
                  n_envs=args.n_envs, device=args.device)
 
 

@@ -33,16 +33,13 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from sparse_agents.experiments.results import write_atomic
+from sparse_agents.experiments.rl import MIN_EVALS, WINDOW, window_score
 from sparse_agents.intervals import mean_std
 
 __all__ = ["MARGIN", "MIN_EVALS", "WINDOW", "Interval", "Run", "difference", "holm",
            "improvement_probability", "iqm", "noninferiority", "read_runs", "sweep_report",
            "window_score"]
 
-#: the score's window: the last 10% of training
-WINDOW = 0.1
-#: evaluations the window must hold
-MIN_EVALS = 5
 #: "matches dense": sparse above this fraction of dense
 MARGIN = 0.9
 #: bootstrap replications (rliable's default is 50,000; its paper's figures use 2,000+)
@@ -63,22 +60,6 @@ class Interval:
 
     def fmt(self, digits: int = 2) -> str:
         return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-
-def window_score(timesteps: Sequence[float], returns: Sequence[float], total: float,
-                 window: float = WINDOW, min_evals: int = MIN_EVALS) -> float:
-    """Mean of the evaluation ``returns`` at ``timesteps`` in the last ``window`` of
-    ``total`` training steps; a ``ValueError`` when fewer than ``min_evals`` lie there
-    (evaluate more often near the end)."""
-    if not 0 < window <= 1:
-        raise ValueError(f"window must be in (0, 1], got {window!r}")
-    t = np.asarray(timesteps, dtype=float)
-    r = np.asarray(returns, dtype=float)
-    inside = r[t >= (1.0 - window) * float(total)]
-    if len(inside) < min_evals:
-        raise ValueError(f"the last {window:.0%} of {total:g} steps holds {len(inside)} "
-                         f"evaluations, min_evals is {min_evals}: evaluate more often")
-    return float(inside.mean())
 
 
 def _rng(seed: int) -> np.random.RandomState:

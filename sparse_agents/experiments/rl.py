@@ -8,6 +8,7 @@ import csv
 import functools
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,10 @@ from sparse_agents.sb3 import (
 )
 from sparse_agents.updaters import DENSE, get_updater
 
-__all__ = ["ALGOS", "DEFAULT_ENV", "HYPERPARAMS", "SPARSE_POLICIES", "evaluation_callback",
-           "env_slug", "last_fraction_score", "make_agent", "optimizer_label", "register_env",
-           "train_and_evaluate", "write_curve_csv"]
+__all__ = ["ALGOS", "DEFAULT_ENV", "HYPERPARAMS", "MIN_EVALS", "SPARSE_POLICIES", "WINDOW",
+           "env_slug", "evaluation_callback", "last_fraction_score", "make_agent",
+           "optimizer_label", "register_env", "train_and_evaluate", "window_score",
+           "window_steps", "write_curve_csv"]
 
 ALGOS = ("ppo", "a2c", "dqn", "sac", "td3")
 DEFAULT_ENV = {"ppo": "CartPole-v1", "a2c": "CartPole-v1", "dqn": "CartPole-v1",
@@ -224,13 +226,51 @@ def make_agent(algo: str, env_id: str, updater: str = "srigl", sparsity: float =
     return model, eval_env
 
 
+#: the protocol's score window: the last 10% of training (docs/protocol.md)
+WINDOW = 0.1
+#: evaluations the window must hold
+MIN_EVALS = 5
+
+
+def window_score(timesteps: Sequence[float], returns: Sequence[float], total: float,
+                 window: float = WINDOW, min_evals: int = MIN_EVALS) -> float:
+    """Mean of the evaluation ``returns`` at ``timesteps`` in the last ``window`` of
+    ``total`` training steps; a ``ValueError`` when fewer than ``min_evals`` lie there
+    (evaluate more often near the end)."""
+    if not 0 < window <= 1:
+        raise ValueError(f"window must be in (0, 1], got {window!r}")
+    t = np.asarray(timesteps, dtype=float)
+    r = np.asarray(returns, dtype=float)
+    inside = r[t >= (1.0 - window) * float(total)]
+    if len(inside) < min_evals:
+        raise ValueError(f"the last {window:.0%} of {total:g} steps holds {len(inside)} "
+                         f"evaluations, min_evals is {min_evals}: evaluate more often")
+    return float(inside.mean())
+
+
+def window_steps(timesteps: int, evals: int, window: float = WINDOW) -> list[int]:
+    """``evals`` evaluation points spread evenly over the last ``window`` of ``timesteps``
+    (the last one at the end): where the protocol's score needs its evaluations
+    (docs/protocol.md). ``evals`` 0: none."""
+    if evals < 0:
+        raise ValueError(f"window_evals must be >= 0, got {evals}")
+    if not 0.0 < window <= 1.0:
+        raise ValueError(f"window must be in (0, 1], got {window}")
+    start = (1.0 - window) * timesteps
+    return sorted({int(math.ceil(start + window * timesteps * i / evals))
+                   for i in range(1, evals + 1)})
+
+
 def evaluation_callback(eval_env, every: int, episodes: int, rows: list, csv_path=None,
-                        echo=None):
-    """An SB3 callback evaluating the deterministic policy every ``every`` timesteps
-    (and at the start and the end); rows ``(timesteps, mean, std)``, ``std`` the spread of
+                        echo=None, extra_steps: Sequence[int] = ()):
+    """An SB3 callback evaluating the deterministic policy every ``every`` timesteps,
+    at each of ``extra_steps`` (:func:`window_steps`: the end of training more densely)
+    and at the start and the end; rows ``(timesteps, mean, std)``, ``std`` the spread of
     that one evaluation's episode returns: population std (÷ n), as SB3's
     ``evaluate_policy`` reports it, describing the episodes rather than estimating a spread
     over seeds (no table shows it as ``± std``)."""
+    extra = sorted(extra_steps)
+
     class EvalCurve(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
@@ -264,10 +304,13 @@ def evaluation_callback(eval_env, every: int, episodes: int, rows: list, csv_pat
             self.next_eval += every
 
         def _on_step(self) -> bool:
-            if self.num_timesteps >= self.next_eval:
+            if self.num_timesteps >= self.next_eval or (
+                    extra and self.num_timesteps >= extra[0]):
                 self._evaluate()
                 while self.next_eval <= self.num_timesteps:
                     self.next_eval += every
+                while extra and extra[0] <= self.num_timesteps:
+                    extra.pop(0)
             return True
 
         def _on_training_end(self) -> None:

@@ -28,6 +28,8 @@ from sparse_agents.experiments.rl import (
     make_agent,
     nonzero_params,
     optimizer_label,
+    window_score,
+    window_steps,
 )
 from sparse_agents.sb3 import SPARSE_DEFAULTS
 from sparse_agents.updaters import DENSE, get_updater
@@ -41,7 +43,7 @@ FLAG_OPTIONS = ("delta_t", "drop_fraction", "t_end_fraction")
 #: the settings a finished run must share with a sweep to be resumed (a dense run ignores
 #: ``SPARSE_KEYS``); its hyperparameters and sparse options in effect are compared too
 RESUME_KEYS = ("algo", "env", "updater", "timesteps", "seed", "eval_freq", "eval_episodes",
-               "fused_adam", *FLAG_OPTIONS)
+               "window_evals", "fused_adam", *FLAG_OPTIONS)
 SPARSE_KEYS = ("sparsity", "distribution", "sparse_settings")
 
 
@@ -146,7 +148,9 @@ class RLRun:
     ``overrides``: hyperparameters over table ``hyperparams`` (``sparse-train --hp``;
     policy keywords and sparse options included); ``options``: sparse options that beat
     the table's schedule (``--delta-t`` ...). The topology options among both are checked
-    by :class:`~sparse_agents.SparseConfig`. ``eval_freq`` ``None``: ``timesteps // 10``.
+    by :class:`~sparse_agents.SparseConfig`. ``eval_freq`` ``None``: ``timesteps // 10``;
+    ``window_evals``: that many more evaluations spread over the last 10% of training
+    (the protocol's score window, docs/protocol.md; the summary's ``window_score``).
     """
 
     algo: str = "ppo"
@@ -162,6 +166,7 @@ class RLRun:
     options: Mapping[str, Any] = field(default_factory=dict)
     eval_freq: int | None = None
     eval_episodes: int = 10
+    window_evals: int = 0
     fused_adam: bool = False
     condensed_rollout: bool = False
     n_envs: int | None = None
@@ -181,6 +186,7 @@ class RLRun:
         if self.eval_episodes < 1 or (self.eval_freq is not None and self.eval_freq < 1):
             raise ValueError(f"eval_episodes and eval_freq must be >= 1, got "
                              f"{self.eval_episodes}, {self.eval_freq}")
+        window_steps(self.timesteps, self.window_evals)  # checks window_evals
         set_(self, "overrides", dict(self.overrides))
         set_(self, "options", dict(self.options))
         unknown = set(self.options) - set(SPARSE_DEFAULTS)
@@ -232,7 +238,8 @@ class RLRun:
                 **{k: None for k in FLAG_OPTIONS}, **self.options,
                 "condensed_rollout": self.condensed_rollout, "fused_adam": self.fused_adam,
                 "timesteps": self.timesteps, "seed": self.seed, "eval_freq": self.eval_freq,
-                "eval_episodes": self.eval_episodes, "sparse_settings": self.sparse_settings,
+                "eval_episodes": self.eval_episodes, "window_evals": self.window_evals,
+                "sparse_settings": self.sparse_settings,
                 "hp": [f"{k}={v!r}" for k, v in self.overrides.items()],
                 "n_envs": self.n_envs, "device": self.device}
 
@@ -297,7 +304,8 @@ class RLRun:
                       flush=True)
 
         callback = evaluation_callback(eval_env, self.every, self.eval_episodes, rows,
-                                       out / "evaluations.csv", echo)
+                                       out / "evaluations.csv", echo,
+                                       window_steps(self.timesteps, self.window_evals))
         config = {**self.settings(), "out": str(out), "threads": threads,
                   "tensorboard": tensorboard, "verbose": verbose, "no_progress": not progress,
                   "no_plot": not plot, "hyperparams": self.recorded_hyperparams()}
@@ -307,9 +315,9 @@ class RLRun:
             config["initial_kept"] = initial_kept(model)
         (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
         print(f"training {label} for {self.timesteps} timesteps -> {out}", flush=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.learn(self.timesteps, callback=callback, progress_bar=progress)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         model.save(out / "model.zip")
         env = model.get_env()
         if hasattr(env, "obs_rms"):
@@ -325,8 +333,12 @@ class RLRun:
             "final_mean": rows[-1][1] if rows else math.nan,
             "final_std": rows[-1][2] if rows else math.nan,
             "best_mean": max(r[1] for r in rows) if rows else math.nan,
-            "last10_mean": last_fraction_score(rows), "hyperparams": self.hyperparams,
+            "last10_mean": last_fraction_score(rows),
+            "window_score": window_score(*zip(*[r[:2] for r in rows], strict=True),
+                                         self.timesteps, min_evals=1) if rows else math.nan,
+            "hyperparams": self.hyperparams,
             "wall_s": wall, "eval_s": callback.seconds, "train_s": wall - callback.seconds,
+            "cpu_s": cpu,  # the process's CPU time (all threads), evaluations included
             "density": metrics.get("density", 1.0), "updates": metrics.get("updates", 0),
             "itop": metrics.get("itop", math.nan), "optimizer": optimizer_label(model.policy),
             "nonzero_params": nonzero_params(model.policy), **(extra or {}),

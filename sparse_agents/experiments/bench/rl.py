@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
     p.add_argument("--evals", type=int, default=5, help="evaluations per run")
     p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--window-evals", type=int, default=0, metavar="K",
+                   help="K more evaluations spread over the last 10%% of each run (the "
+                        "protocol's score window needs >= 5: docs/protocol.md)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every budget")
     p.add_argument("--hp", action="append", default=[], help="KEY=VALUE for every run")
     p.add_argument("--sparse-hp", action="append", default=[], metavar="KEY=VALUE",

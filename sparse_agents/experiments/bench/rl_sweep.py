@@ -162,7 +162,8 @@ def make_jobs(args, tasks: list[str]) -> list[RLRunJob]:
                             overrides={**common, **(sparse_only if sparse else {}),
                                        **v["extra"]},
                             eval_freq=max(1, steps // args.evals),
-                            eval_episodes=args.eval_episodes, fused_adam=args.fused_adam)
+                            eval_episodes=args.eval_episodes,
+                            window_evals=args.window_evals, fused_adam=args.fused_adam)
                 jobs.append(RLRunJob(run, f"runs/{run_dir(task, v['method'], seed)}",
                                      task=task, method=v["method"],
                                      masked_total=v.get("masked_total")))
