@@ -329,6 +329,33 @@ def test_every_committed_sweep_is_found_done_by_its_documented_command(capsys):
         assert capsys.readouterr().out.startswith(f"{n} of {n} runs finished"), folder
 
 
+def test_sparsity_curve_and_width_rows_name_their_sparsity_and_width():
+    from sparse_agents.experiments.bench import rl as bench_rl
+    from sparse_agents.experiments.bench import rl_sweep
+
+    def jobs(*extra):
+        argv = ["--tasks", "sac:Pendulum-v1:1000", "--updaters", "dense", "srigl",
+                "--seeds", "1", *extra]
+        return rl_sweep.make_jobs(bench_rl.build_parser().parse_args(argv),
+                                  ["sac:Pendulum-v1:1000"])
+
+    curve = jobs("--sparsities", "0.5", "0.95", "--distributions", "erk", "uniform")
+    assert [(j.method, j.run.sparsity, j.run.distribution) for j in curve] == [
+        ("dense", 0.9, "erk"), ("srigl-s50", 0.5, "erk"), ("srigl-s95", 0.95, "erk"),
+        ("srigl-uniform-s50", 0.5, "uniform"), ("srigl-uniform-s95", 0.95, "uniform")]
+    assert [j.method for j in jobs("--sparsity", "0.8")] == ["dense", "srigl"]  # unchanged
+    wide = jobs("--widths", "16", "64")
+    assert [(j.method, j.run.overrides.get("net_arch")) for j in wide] == [
+        ("dense-w16", [16, 16]), ("srigl-w16", [16, 16]),
+        ("dense-w64", [64, 64]), ("srigl-w64", [64, 64])]
+    assert wide[3].run.sparsity == 0.9
+    for bad, match in [(["--sparsities", "1.0"], "--sparsities"),
+                       (["--widths", "16", "16"], "--widths"),
+                       (["--widths", "16", "--equal-params", "8"], "--widths")]:
+        with pytest.raises(ValueError, match=match):
+            jobs(*bad)
+
+
 def test_a_sweep_expands_to_typed_jobs_with_stable_ids(tmp_path):
     from sparse_agents.experiments.bench import rl as bench_rl
     from sparse_agents.experiments.bench import rl_sweep

@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only seeds S .. N-1 (a share of a sweep; --report without "
                         "it tabulates every finished seed)")
     p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--sparsities", type=float, nargs="+", default=None, metavar="S",
+                   help="a row per sparse method at each sparsity (rows "
+                        "<method>-s<percent>; overrides --sparsity): a sparsity curve")
+    p.add_argument("--widths", type=int, nargs="+", default=None, metavar="W",
+                   help="every row at each hidden width W (rows <method>-w<W>, dense "
+                        "included; with --hyperparams minatar the CNN's units, channels "
+                        "W/8): width scaling at a fixed sparsity, against dense of the same "
+                        "width")
     p.add_argument("--distributions", nargs="+", default=["erk"], choices=METHODS,
                    help="layer densities of the sparse runs (rows <updater>-<distribution> "
                         "for all but erk)")

@@ -81,8 +81,9 @@ def summarise(rows: list[dict], names: list[str], reference: str = DENSE) -> lis
     return out
 
 
-def markdown(summary: list[dict], sparsity: float | None) -> str:
-    """The summary table and its legend; ``sparsity`` ``None``: ``--equal-params`` rows."""
+def markdown(summary: list[dict], sparsity: float | str | None) -> str:
+    """The summary table and its legend; ``sparsity`` ``None``: ``--equal-params`` rows;
+    a string: the legend's words for it."""
     lines = [
         "| task | method | score (mean ± std) | Δ vs dense | final eval | best eval | "
         "train time s | time vs dense | density | updates | FLOPs/obs (× dense) |",
@@ -99,7 +100,8 @@ def markdown(summary: list[dict], sparsity: float | None) -> str:
             f"{s['density']:.3f} | {s['updates']:.0f} | {flops_cell} |")
     lines.append("")
     at = ("the sparsity that leaves them the nonzero weights of dense at the base width "
-          "(`density` column)" if sparsity is None else f"{sparsity:.0%} sparsity")
+          "(`density` column)" if sparsity is None else sparsity
+          if isinstance(sparsity, str) else f"{sparsity:.0%} sparsity")
     lines.append(f"Sparse rows at {at} (ERK unless the row names another "
                  "distribution). `score`: mean of each run's last 10% of deterministic "
                  "evaluations (Graesser et al.), mean ± sample std over seeds (÷ n − 1); "
@@ -297,10 +299,17 @@ def write_report(args, rows: list[dict], jobs: Sequence[RLRunJob], root: Path,
                  start: float) -> str:
     """results.csv, summary.csv, summary.md and curves.png under ``root``; the markdown."""
     write_csv(root / "results.csv", rows, RESULT_FIELDS)
-    reference = width_method(DENSE, args.equal_params) if args.equal_params else DENSE
+    widths = getattr(args, "widths", None)
+    reference = (width_method(DENSE, args.equal_params) if args.equal_params else
+                 width_method(DENSE, min(widths)) if widths else DENSE)
     summary = summarise(rows, list(dict.fromkeys(j.method for j in jobs)), reference)
     write_csv(root / "summary.csv", summary)
-    md = markdown(summary, None if args.equal_params else args.sparsity)
+    several = len(set(getattr(args, "sparsities", None) or [args.sparsity])) > 1
+    md = markdown(summary, None if args.equal_params else
+                  "the sparsity the row names" if several else args.sparsity)
+    if widths:
+        md += (f"\n`--widths`: every row at each hidden width (`-w<width>`); `Δ vs dense` "
+               f"and the contrasts are against {reference}.\n")
     table = contrasts(rows, row_kinds(jobs), reference)
     write_csv(root / "contrasts.csv", table, CONTRAST_FIELDS)
     if table:

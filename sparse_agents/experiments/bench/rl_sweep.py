@@ -18,7 +18,7 @@ from sparse_agents.study.runner import pending, run_study
 from sparse_agents.updaters import DENSE, REGISTRY
 
 __all__ = ["DEFAULT_TASKS", "MUJOCO_TASK", "default_tasks", "finished", "make_jobs",
-           "main_sweep", "methods", "variants"]
+           "main_sweep", "methods", "sparsities", "sparsity_method", "variants"]
 
 DEFAULT_TASKS = ("ppo:CartPole-v1:50000", "ppo:Acrobot-v1:100000", "dqn:CartPole-v1:50000")
 MUJOCO_TASK = "sac:HalfCheetah-v5:30000"
@@ -120,24 +120,59 @@ def option_variants(specs: list[list[str]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def variants(args, algo: str, env: str) -> list[dict]:
-    """The rows of one task: (updater, distribution, sparsity, extra overrides, method
-    name); each ``--variant`` adds a row per dynamic updater."""
-    if args.equal_params:
-        if args.variant:
-            raise ValueError("--variant does not combine with --equal-params (whose rows "
-                             "are widths)")
-        return equal_param_variants(args, algo, env)
-    extra = option_variants(args.variant)
+def sparsities(args) -> list[float]:
+    """The sparse rows' sparsities: ``--sparsities``, else ``--sparsity``."""
+    values = list(dict.fromkeys(getattr(args, "sparsities", None) or [args.sparsity]))
+    for value in values:
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"--sparsities must be in (0, 1), got {value}")
+    return values
+
+
+def sparsity_method(name: str, sparsity: float) -> str:
+    """A ``--sparsities`` row's name: the method's, then the sparsity in percent."""
+    return f"{name}-s{sparsity * 100:g}"
+
+
+def _rows_at(args, extra_options: dict, width_hp: dict) -> list[dict]:
+    several = len(sparsities(args)) > 1
     rows = []
     for u, d in methods(args):
-        row = dict(updater=u, distribution=d, sparsity=args.sparsity, extra={},
-                   method=method_name(u, d))
-        rows.append(row)
-        if u != DENSE and REGISTRY[u].dynamic:  # static has no schedule to vary
-            rows += [dict(row, extra=options, method=f"{row['method']}-{name}")
-                     for name, options in extra.items()]
+        levels = [0.0] if u == DENSE else sparsities(args)
+        for sparsity in levels:
+            name = method_name(u, d)
+            if several and u != DENSE:
+                name = sparsity_method(name, sparsity)
+            row = dict(updater=u, distribution=d,
+                       sparsity=args.sparsity if u == DENSE else sparsity,
+                       extra=dict(width_hp), method=name)
+            rows.append(row)
+            if u != DENSE and REGISTRY[u].dynamic:  # static has no schedule to vary
+                rows += [dict(row, extra={**width_hp, **options},
+                              method=f"{row['method']}-{vname}")
+                         for vname, options in extra_options.items()]
     return rows
+
+
+def variants(args, algo: str, env: str) -> list[dict]:
+    """The rows of one task: (updater, distribution, sparsity, extra overrides, method
+    name); each ``--variant`` adds a row per dynamic updater, each of ``--sparsities``
+    a row per sparse method (``<method>-s<percent>``), each of ``--widths`` all of them
+    at that hidden width (``<method>-w<width>``, dense included)."""
+    widths = getattr(args, "widths", None)
+    if args.equal_params:
+        if args.variant or widths:
+            raise ValueError("--variant and --widths do not combine with --equal-params "
+                             "(whose rows are widths)")
+        return equal_param_variants(args, algo, env)
+    extra = option_variants(args.variant)
+    if not widths:
+        return _rows_at(args, extra, {})
+    if min(widths) < 1 or len(set(widths)) != len(widths):
+        raise ValueError(f"--widths must be distinct and >= 1, got {widths}")
+    return [dict(row, method=width_method(row["method"], width))
+            for width in widths
+            for row in _rows_at(args, extra, width_overrides(args.hyperparams, width))]
 
 
 def make_jobs(args, tasks: list[str]) -> list[RLRunJob]:
