@@ -42,6 +42,9 @@ class TaskStream:
         summary: a one-line description of the stream.
         max_episode_steps: time limit of every task.
         reward_threshold: the base environment's "solved" return (informative).
+        defaults: the parameters every task starts from (``describe`` marks changes).
+        metric: what to report per task: ``"return"`` (episode return) or
+            ``"success"`` (success rate from ``info["is_success"]`` at episode end).
     """
 
     name: str
@@ -52,6 +55,7 @@ class TaskStream:
     max_episode_steps: int
     reward_threshold: float | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    metric: str = "return"
 
     @property
     def n_tasks(self) -> int:
