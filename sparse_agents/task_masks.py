@@ -403,18 +403,7 @@ class TaskMasks:
         Returns the :class:`SparseTopology` (the same object for every task) whose
         trainable mask is the new task's; its step counter and schedule restart.
         """
-        self._sync()
-        task_id = _check_task_id(task_id)
-        if self._training is not None:
-            raise ValueError(f"task {self._training} is still training: call end_task() "
-                             "before start_task()")
-        if self._pending is not None:
-            raise ValueError(f"task {self._pending} was training when the checkpoint was "
-                             "saved: call resume_task(optimizer) (and end_task()) first")
-        if task_id in self.state.task_ids:
-            raise ValueError(f"task_id {task_id} was trained already (tasks so far: "
-                             f"{self.state.task_ids}); each task needs a new id")
-        self._check_optimizer(optimizer)
+        task_id = self.check_start(task_id, optimizer)
         self.follow_model()
         self.set_task(None)
         self._install(None)  # every owned weight in place while the new mask is drawn
@@ -431,6 +420,26 @@ class TaskMasks:
                 layer.weight.copy_(torch.where(new, init, torch.where(free, zero, layer.weight)))
                 self.topology.assign(layer.name, new, budgets[layer.name])
         return self._hook(task_id, optimizer)
+
+    def check_start(self, task_id: int, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Raise the ``ValueError`` that :meth:`start_task` would raise for ``task_id``
+        (and ``optimizer``, when given), changing nothing; returns the checked id. Lets
+        an owner of several ``TaskMasks`` start a task in all of them or in none."""
+        self._sync()
+        task_id = _check_task_id(task_id)
+        if self._training is not None:
+            raise ValueError(f"task {self._training} is still training: call end_task() "
+                             "before start_task()")
+        if self._pending is not None:
+            raise ValueError(f"task {self._pending} was training when the checkpoint was "
+                             "saved: call resume_task(optimizer) (and end_task()) first")
+        if task_id in self.state.task_ids:
+            raise ValueError(f"task_id {task_id} was trained already (tasks so far: "
+                             f"{self.state.task_ids}); each task needs a new id")
+        if optimizer is not None:
+            self._check_optimizer(optimizer)
+        self._claimable(task_id)
+        return task_id
 
     def resume_task(self, optimizer: torch.optim.Optimizer) -> SparseTopology:
         """Go on training the task that was in progress when the loaded checkpoint was

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import statistics
 import time
 import warnings
@@ -430,3 +431,32 @@ def test_rl_stream_bench_runs_study_jobs_and_resumes(tmp_path, capsys):
     again = rl_stream.run([*argv, "--resume"])  # nothing retrained
     assert [p.stat().st_mtime_ns for p in records] == stamps
     assert [r["final_returns"] for r in again] == [r["final_returns"] for r in runs]
+
+
+def test_continual_world_metrics_against_the_from_scratch_agent():
+    from sparse_agents.experiments.bench import rl_stream
+
+    # success rates: (AUC - ref) / (1 - ref): (0.6 - 0.2) / 0.8 = 0.5 and (0.5 - 0.5) / 0.5
+    assert rl_stream.forward_transfer([0.6, 0.5], [0.2, 0.5], success=True) == pytest.approx(0.25)
+    # returns: divided by |ref|: (150 - 100) / 100
+    assert rl_stream.forward_transfer([150.0], [100.0], success=False) == 0.5
+    # plasticity: the second half's values right after training over the reference's
+    assert rl_stream.plasticity([1.0, 1.0, 40.0, 90.0], [9.0, 9.0, 80.0, 100.0]) == \
+        pytest.approx((0.5 + 0.9) / 2)
+
+
+def test_rl_stream_bench_reports_baselines_transfer_and_differences(tmp_path):
+    from sparse_agents.experiments.bench import rl_stream
+
+    argv = ["--stream", "cartpole-permuted", "--n-tasks", "2", "--seeds", "0", "1",
+            "--steps-per-task", "256", "--eval-episodes", "1", "--curve-evals", "2",
+            "--methods", "masks", "l2", "reset", "--algo-kwargs",
+            '{"n_envs": 2, "n_steps": 64}', "--out", str(tmp_path)]
+    runs = rl_stream.run(argv)
+    assert [r["method"] for r in runs] == ["masks", "l2", "reset"] * 2
+    reset = [r for r in runs if r["method"] == "reset"]
+    assert all(r["forward_transfer"] == 0.0 and r["plasticity"] == 1.0 for r in reset)
+    assert all(math.isfinite(r["forward_transfer"]) for r in runs)
+    text = (tmp_path / "table.md").read_text()
+    assert "| dense, fine-tuned with L2 |" in text and "forward transfer" in text
+    assert "| masks − reset |" in text  # differences with CIs (no dense run: vs reset)

@@ -135,7 +135,7 @@ def test_train_stream_argument_errors():
     with pytest.raises(ValueError, match="stream must be one of"):
         train_stream("nope", steps_per_task=8)
     with pytest.raises(ValueError, match="algo must be one of"):
-        train_stream("cartpole-physics", algo="dqn", steps_per_task=8)
+        train_stream("cartpole-physics", algo="td3", steps_per_task=8)
     with pytest.raises(ValueError, match="updater must be one of"):
         train_stream("cartpole-physics", updater="magic", steps_per_task=8)
     with pytest.raises(ValueError, match="task_masks=True needs a sparse updater"):
@@ -144,6 +144,19 @@ def test_train_stream_argument_errors():
         train_stream("cartpole-physics", n_tasks=9, steps_per_task=8)
     with pytest.raises(ValueError, match="steps_per_task must be an integer >= 1"):
         train_stream("cartpole-physics", steps_per_task=0)
+    with pytest.raises(ValueError, match="regularizer must be one of"):
+        train_stream("cartpole-physics", updater="dense", regularizer="si", steps_per_task=8)
+    with pytest.raises(ValueError, match="need task_masks=False"):
+        train_stream("cartpole-physics", task_masks=True, reset_per_task=True,
+                     steps_per_task=8)
+    with pytest.raises(ValueError, match="no regularizer"):
+        train_stream("cartpole-physics", updater="dense", reset_per_task=True,
+                     regularizer="l2", steps_per_task=8)
+    with pytest.raises(ValueError, match="curve_evals must be an integer >= 0"):
+        train_stream("cartpole-physics", curve_evals=-1, steps_per_task=8)
+    with pytest.raises(ValueError, match="reg_coef"):
+        train_stream("cartpole-physics", updater="dense", regularizer="l2", reg_coef=0.0,
+                     steps_per_task=8)
 
 
 def test_per_task_policy_applies_lr_scale_and_the_fused_adam_default():
@@ -167,3 +180,63 @@ def test_per_task_policy_applies_lr_scale_and_the_fused_adam_default():
         moved[scale] = sum(float((p.detach() - b).abs().sum())
                            for p, b in zip(policy.parameters(), before, strict=True))
     assert moved[2.0] / moved[1.0] == pytest.approx(2.0, rel=0.05)
+
+
+@pytest.mark.parametrize(("algo", "stream", "extra"), [
+    ("dqn", "cartpole-permuted", {"learning_starts": 100, "train_freq": 4}),
+    ("sac", "pendulum-physics", {"learning_starts": 100}),
+])
+def test_off_policy_task_masks_leave_earlier_tasks_exactly_unforgotten(algo, stream, extra):
+    """DQN and SAC through the runner with per-task masks: the evaluation of every
+    earlier task is bit-identical after later tasks trained (forgetting 0 exactly), the
+    dormant fraction is recorded per task, each network holds both tasks' budgets."""
+    result = train_stream(stream, algo=algo, updater="srigl", sparsity=0.8,
+                          steps_per_task=400, n_tasks=2, eval_episodes=2, seed=0,
+                          algo_kwargs=extra, policy_kwargs={"net_arch": [32, 32]})
+    r = result.returns
+    assert r[1, 0] == r[0, 0]
+    assert result.summary()["forgetting"] == 0.0
+    assert len(result.dormant) == 2 and all(0.0 <= d <= 1.0 for d in result.dormant)
+    used = [v for k, v in result.density.items() if k.endswith("used")]
+    assert used and all(0.15 < u < 0.45 for u in used)
+
+
+def test_reset_per_task_trains_every_task_from_scratch_and_keeps_its_score():
+    """A new agent per task: task 1 starts from fresh weights (not task 0's), and each
+    finished task keeps the score of the agent that trained it."""
+    seen = []
+
+    def grab(task, result):
+        seen.append(result.model)
+
+    result = train_stream("cartpole-permuted", algo="ppo", updater="dense",
+                          reset_per_task=True, steps_per_task=256, n_tasks=2,
+                          eval_episodes=2, algo_kwargs={"n_envs": 2, "n_steps": 64},
+                          on_task_end=grab)
+    assert result.model is not None and result.config["reset_per_task"] is True
+    assert result.returns[1, 0] == result.returns[0, 0]
+    assert result.summary()["forgetting"] == 0.0
+    assert seen[0] is not seen[1]  # task 1 was trained by a new agent
+    assert seen[1].num_timesteps == 256  # from scratch: its own task's steps only
+
+
+def test_curve_evals_record_the_training_tasks_curve_for_forward_transfer():
+    result = train_stream("cartpole-permuted", algo="ppo", updater="srigl",
+                          steps_per_task=256, n_tasks=2, eval_episodes=1, curve_evals=2,
+                          algo_kwargs={"n_envs": 2, "n_steps": 64})
+    assert [len(c) for c in result.curves] == [3, 3]  # start, middle, end
+    assert [c[0][0] for c in result.curves] == [0, 0]
+    auc = result.curve_auc
+    assert auc[0] == pytest.approx(np.mean([v for _, v in result.curves[0]]))
+    assert result.summary()["curve_auc"] == auc
+
+
+def test_metaworld_cw3_first_task_runs_with_sac_and_reports_success():
+    pytest.importorskip("metaworld")
+    result = train_stream("metaworld-cw3", algo="sac", updater="srigl", sparsity=0.9,
+                          steps_per_task=300, n_tasks=1, eval_episodes=1, one_hot=True,
+                          algo_kwargs={"learning_starts": 100, "batch_size": 32},
+                          policy_kwargs={"net_arch": [64, 64]})
+    assert result.metric == "success" and result.summary()["metric"] == "success"
+    assert result.returns[0, 0] in (0.0, 1.0)
+    assert result.config["algo_kwargs"]["learning_rate"] == 1e-3  # Continual World's SAC

@@ -2,6 +2,8 @@
 
     sparse-rl-stream --stream cartpole-physics --algo ppo --updater srigl --sparsity 0.9 \
         --task-masks --steps-per-task 50000 --seed 0 --out runs/cartpole_srigl
+    sparse-rl-stream --stream metaworld-cw10 --algo sac --one-hot --steps-per-task 1000000 \
+        --out runs/cw10_sac_srigl                   # Continual World with per-task masks
 
 Writes ``return_matrix.csv``, ``summary.json`` and ``return_matrix.png`` (see
 :func:`sparse_agents.experiments.rl_stream.train_stream` and docs/continual_rl.md).
@@ -17,6 +19,7 @@ import torch
 import envs
 from sparse_agents.distributions import METHODS
 from sparse_agents.experiments.rl_stream import ALGOS, train_stream
+from sparse_agents.regularize import REGULARIZERS
 from sparse_agents.updaters import updater_names
 
 
@@ -44,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense action/value heads, one per task")
     p.add_argument("--dense-input", action="store_true",
                    help="keep the first layer of the policy and value MLPs dense")
+    p.add_argument("--keep-buffer", action="store_true",
+                   help="off-policy: keep the replay buffer across tasks (default: emptied)")
+    p.add_argument("--reset-per-task", action="store_true",
+                   help="a new agent for every task (training from scratch: the reference "
+                        "of forward transfer and plasticity)")
+    p.add_argument("--regularizer", choices=REGULARIZERS, default=None,
+                   help="fine-tune with an L2 or EWC penalty towards the last task's weights")
+    p.add_argument("--reg-coef", type=float, default=1.0, help="the penalty's weight")
+    p.add_argument("--curve-evals", type=int, default=0,
+                   help="evaluations of each task while it trains (forward transfer)")
     p.add_argument("--algo-kwargs", type=json.loads, default=None,
                    help='JSON dict overriding the hyperparameters, e.g. \'{"n_envs": 4}\'')
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -57,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     def progress(task: int, result) -> None:
-        row = ", ".join(f"{x:.1f}" for x in result.returns[task, : task + 1])
-        print(f"after task {task} ({result.train_seconds[task]:.0f} s): returns [{row}]",
+        row = ", ".join(f"{x:.2f}" for x in result.returns[task, : task + 1])
+        print(f"after task {task} ({result.train_seconds[task]:.0f} s): {result.metric} "
+              f"[{row}], dormant {result.dormant[task]:.3f}",
               flush=True)
 
     result = train_stream(
@@ -67,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_task=args.steps_per_task, seed=args.seed, n_tasks=args.n_tasks,
         eval_episodes=args.eval_episodes, one_hot=args.one_hot,
         transfer=not args.no_transfer, per_task_heads=args.per_task_heads,
-        dense_input=args.dense_input,
+        dense_input=args.dense_input, keep_buffer=args.keep_buffer,
+        reset_per_task=args.reset_per_task, regularizer=args.regularizer,
+        reg_coef=args.reg_coef, curve_evals=args.curve_evals,
         algo_kwargs=args.algo_kwargs, verbose=args.verbose, on_task_end=progress)
     paths = result.save(args.out)
     summary = result.summary()
-    print(f"final returns: {[round(x, 1) for x in summary['final_returns']]}")
+    print(f"final {summary['metric']}: {[round(x, 2) for x in summary['final_returns']]}")
     print(f"forgetting: {summary['forgetting']:.2f}   BWT: {summary['bwt']:.2f}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

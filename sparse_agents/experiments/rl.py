@@ -262,10 +262,11 @@ def window_steps(timesteps: int, evals: int, window: float = WINDOW) -> list[int
 
 
 def evaluation_callback(eval_env, every: int, episodes: int, rows: list, csv_path=None,
-                        echo=None, extra_steps: Sequence[int] = ()):
+                        echo=None, extra_steps: Sequence[int] = (), evaluate=None):
     """An SB3 callback evaluating the deterministic policy every ``every`` timesteps,
     at each of ``extra_steps`` (:func:`window_steps`: the end of training more densely)
-    and at the start and the end; rows ``(timesteps, mean, std)``, ``std`` the spread of
+    and at the start and the end (``evaluate(model, eval_env) -> (mean, std)`` instead of
+    the deterministic return when given); rows ``(timesteps, mean, std)``, ``std`` the spread of
     that one evaluation's episode returns: population std (÷ n), as SB3's
     ``evaluate_policy`` reports it, describing the episodes rather than estimating a spread
     over seeds (no table shows it as ``± std``)."""
@@ -286,9 +287,14 @@ def evaluation_callback(eval_env, every: int, episodes: int, rows: list, csv_pat
 
         def _evaluate_now(self) -> None:
             sync_envs_normalization(self.training_env, eval_env)
-            returns, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=episodes,
-                                         deterministic=True, return_episode_rewards=True)
-            row = (int(self.num_timesteps), float(np.mean(returns)), float(np.std(returns)))
+            if evaluate is not None:
+                mean, std = evaluate(self.model, eval_env)
+                row = (int(self.num_timesteps), float(mean), float(std))
+            else:
+                returns, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=episodes,
+                                             deterministic=True, return_episode_rewards=True)
+                row = (int(self.num_timesteps), float(np.mean(returns)),
+                       float(np.std(returns)))
             if rows and rows[-1][0] == row[0]:
                 return
             rows.append(row)

@@ -41,6 +41,14 @@ from sparse_agents.sb3.policies import (
 from sparse_agents.sb3.pruned import continue_sparse
 from sparse_agents.sb3.rollout import CondensedRollout
 from sparse_agents.sb3.schedule import planned_optimizer_steps
+from sparse_agents.sb3.task_offpolicy import (
+    TaskExploration,
+    TaskMaskDQNPolicy,
+    TaskMaskSACPolicy,
+    TaskTarget,
+    start_task,
+)
+from sparse_agents.sb3.task_policy import TaskMaskActorCriticPolicy, TaskMaskPolicyMixin
 
 sparse_policy = make_sparse
 
@@ -69,6 +77,12 @@ __all__ = [
     "SparseTD3MultiInputPolicy",
     "SparseTD3Policy",
     "SparsityCallback",
+    "TaskExploration",
+    "TaskMaskActorCriticPolicy",
+    "TaskMaskDQNPolicy",
+    "TaskMaskPolicyMixin",
+    "TaskMaskSACPolicy",
+    "TaskTarget",
     "TopologyState",
     "continue_sparse",
     "defaults_for",
@@ -78,4 +92,5 @@ __all__ = [
     "short_layer_names",
     "sparse_aliases",
     "sparse_policy",
+    "start_task",
 ]

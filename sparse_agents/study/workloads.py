@@ -154,10 +154,13 @@ def run_rl(job: Job) -> dict:
 
 def run_rl_stream(job: Job) -> dict:
     """One SB3 agent through a gymnasium task stream from :mod:`envs` (e.g.
-    ``rlstream:cartpole-physics``; per-task masks unless ``task_masks=false``; settings
-    ``steps_per_task``, ``dense_input``, ``n_tasks``, ``net_arch``: the hidden sizes of
-    every network); metric: mean final return over the stream's tasks. The record also
-    keeps the return matrix and each earlier task's forgetting."""
+    ``rlstream:cartpole-physics``; per-task masks unless ``task_masks=false``; settings:
+    ``algo``, ``steps_per_task``, ``dense_input``, ``n_tasks``, ``net_arch`` (the hidden
+    sizes of every network), ``one_hot``, ``per_task_heads``, ``keep_buffer``,
+    ``reset_per_task``, ``regularizer``, ``reg_coef``, ``curve_evals``, ``algo_kwargs``);
+    metric: the mean final value of the stream's metric over its tasks (return, or
+    success rate). The record also keeps the matrix, each earlier task's forgetting, the
+    training curves' areas and the dormant-neuron fraction after each task."""
     s = dict(job.settings)
     sparse = job.updater != DENSE
     result = train_stream(
@@ -168,6 +171,13 @@ def run_rl_stream(job: Job) -> dict:
         steps_per_task=int(s.get("steps_per_task", 50_000)), seed=job.seed,
         n_tasks=s.get("n_tasks"), eval_episodes=int(s.get("eval_episodes", 10)),
         dense_input=bool(s.get("dense_input", False)),
+        one_hot=bool(s.get("one_hot", False)),
+        per_task_heads=bool(s.get("per_task_heads", False)),
+        keep_buffer=bool(s.get("keep_buffer", False)),
+        reset_per_task=bool(s.get("reset_per_task", False)),
+        regularizer=s.get("regularizer"), reg_coef=float(s.get("reg_coef", 1.0)),
+        curve_evals=int(s.get("curve_evals", 0)),
+        algo_kwargs=s.get("algo_kwargs"),
         policy_kwargs={"net_arch": list(s["net_arch"])} if s.get("net_arch") else None,
     )
     summary = result.summary()
@@ -176,6 +186,8 @@ def run_rl_stream(job: Job) -> dict:
     metrics.update(max_task_forgetting=max(summary["task_forgetting"] or [0.0]),
                    task_forgetting=summary["task_forgetting"],
                    return_matrix=summary["return_matrix"],
+                   curve_auc=summary["curve_auc"], dormant_fraction=summary["dormant_fraction"],
+                   stream_metric=summary["metric"],
                    train_seconds=float(sum(summary["train_seconds"])))
     metrics.update({"metric": metrics["average_final_return"],
                     "metric_name": "average_final_return",

@@ -1,49 +1,77 @@
-"""Benchmark: per-task-mask sparse PPO vs dense PPO fine-tuned through a task stream.
+"""Benchmark: continual RL baselines through a task stream, with Continual World's metrics.
 
 Behind ``scripts/bench_rl_stream.py``: every (method, seed) is a study job (workload
 ``rlstream:<stream>``, :func:`sparse_agents.study.workloads.run_rl_stream`) that trains one
-agent through the stream; the study runner runs them (``--jobs`` processes) and resumes.
+agent through the stream; the study runner runs them (``--jobs`` processes, or a Ray
+cluster) and resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sparse_agents.distributions import METHODS as DISTRIBUTIONS
 from sparse_agents.intervals import mean_std
 from sparse_agents.study.job import Job
-from sparse_agents.study.runner import run_study
+from sparse_agents.study.runner import BACKENDS, run_study
 from sparse_agents.updaters import DENSE, updater_names
 
-METHODS = {
-    "masks": "{updater} {sparsity:.0%}, per-task masks",
-    "dense": "dense, fine-tuned",
-    "sparse-ft": "{updater} {sparsity:.0%}, fine-tuned (no masks)",
+#: method -> (label, whether it is sparse, its train_stream settings; ``{updater}`` is
+#: ``--updater``)
+METHODS: dict[str, tuple[str, bool, dict[str, Any]]] = {
+    "masks": ("{updater} {sparsity:.0%}, per-task masks", True, {"task_masks": True}),
+    "masks-static": ("static {sparsity:.0%}, per-task masks (no DST in a task)", True,
+                     {"task_masks": True, "updater": "static"}),
+    "dense": ("dense, fine-tuned", False, {"task_masks": False}),
+    "sparse-ft": ("{updater} {sparsity:.0%}, fine-tuned (no masks)", True,
+                  {"task_masks": False}),
+    "static-ft": ("static {sparsity:.0%}, fine-tuned (no masks)", True,
+                  {"task_masks": False, "updater": "static"}),
+    "l2": ("dense, fine-tuned with L2", False, {"task_masks": False, "regularizer": "l2"}),
+    "ewc": ("dense, fine-tuned with EWC", False, {"task_masks": False, "regularizer": "ewc"}),
+    "reset": ("dense, new agent per task (from scratch)", False,
+              {"task_masks": False, "reset_per_task": True}),
 }
+#: the from-scratch reference of forward transfer and plasticity
+REFERENCE = "reset"
 
 DESCRIPTION = """\
-Benchmark: per-task-mask sparse PPO vs dense PPO fine-tuned through a task stream.
+Benchmark: continual-RL methods through a task stream (sparse_agents.experiments.
+rl_stream.train_stream), with Continual World's metrics.
 
-For every method and seed, trains one agent through the stream
-(sparse_agents.experiments.rl_stream.train_stream), evaluates it on every task so far
-after each task, and writes that run's record (returns matrix, final returns,
-forgetting) to OUT/runs/<job id>.json (the study harness's store). Prints (and writes to
-OUT/table.md and OUT/results.json) the final return on every task and the forgetting,
-mean +- std over seeds. Re-running retrains every run and overwrites these files; with
---resume, finished runs are skipped. Methods:
-  masks      SRigL (--updater) at --sparsity per task, per-task masks
-  dense      SB3's dense MlpPolicy, fine-tuned through the stream
-  sparse-ft  (--sparse-finetune) the same sparse agent without task masks"""
+For every method and seed, trains one agent through the stream, evaluates it on every
+task so far after each task (the stream's metric: return, or success rate for
+Meta-World), and writes that run's record to OUT/runs/<job id>.json (the study harness's
+store). Writes OUT/table.md and OUT/results.json:
+  average performance  mean over tasks of the final metric (CW's "average performance")
+  forgetting           mean over earlier tasks of best minus final value
+  forward transfer     (with the reset method and --curve-evals) per task, the area under
+                       the training curve against the from-scratch agent's, averaged over
+                       tasks: (AUC - AUC_ref) / (1 - AUC_ref) for success rates, divided
+                       by |AUC_ref| for returns (CW's definition)
+  plasticity           (with reset) each task's value right after training it over the
+                       from-scratch agent's, mean over the last half of the stream
+  dormant              the dormant-neuron fraction after the last task
+Differences to dense fine-tuning (and to the reference) come with their 95% CIs
+(sparse_agents.experiments.evidence) when rliable is installed. Re-running retrains every
+run and overwrites; with --resume, finished runs are skipped. Methods (--methods):
+""" + "\n".join(f"  {name:<13}{label.format(updater='UPDATER', sparsity=0.9)}"
+                for name, (label, _, _) in METHODS.items())
 
 EPILOG = """\
-example:
+examples:
   python scripts/bench_rl_stream.py --stream cartpole-physics --seeds 0 1 2 \\
-      --steps-per-task 50000 --jobs 2 --resume --out runs/bench_rl_stream"""
+      --steps-per-task 50000 --jobs 2 --resume --out runs/bench_rl_stream
+  python scripts/bench_rl_stream.py --stream metaworld-cw10 --algo sac --one-hot \\
+      --steps-per-task 1000000 --methods masks dense ewc reset --curve-evals 10 \\
+      --seeds 0 1 2 3 4 --jobs 16 --resume --out results/cw10     # a bigger machine"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,43 +84,78 @@ def build_parser() -> argparse.ArgumentParser:
                    help="updater of the sparse methods")
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--distribution", default="erk", choices=DISTRIBUTIONS)
+    p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                   help="the methods to run (default: masks dense)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps-per-task", type=int, default=50_000)
+    p.add_argument("--n-tasks", type=int, default=None, help="the first n tasks only")
     p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--curve-evals", type=int, default=0,
+                   help="evaluations of each task while it trains (forward transfer)")
     p.add_argument("--net-arch", type=int, nargs="+", default=None,
-                   help="hidden sizes of every method's networks (default: SB3's 64 64)")
+                   help="hidden sizes of every method's networks (default: the stream's)")
     p.add_argument("--dense-input", action="store_true",
                    help="sparse methods keep the first layer of each MLP dense")
+    p.add_argument("--one-hot", action="store_true",
+                   help="append the one-hot task id to observations (Continual World)")
+    p.add_argument("--per-task-heads", action="store_true",
+                   help="per-task masks: dense output heads, one per task")
+    p.add_argument("--keep-buffer", action="store_true",
+                   help="off-policy: keep the replay buffer across tasks")
+    p.add_argument("--reg-coef", type=float, default=1.0, help="the l2/ewc penalty's weight")
+    p.add_argument("--algo-kwargs", type=json.loads, default=None,
+                   help='JSON dict over the stream\'s hyperparameters, e.g. \'{"n_envs": 4}\'')
     p.add_argument("--sparse-finetune", action="store_true",
-                   help="also run the sparse agent without task masks")
+                   help="also run sparse-ft (the sparse agent without task masks)")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    p.add_argument("--backend", choices=BACKENDS, default="process",
+                   help="where the runs train: local processes or a Ray cluster")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
     p.add_argument("--resume", action="store_true", help="skip the runs already done")
     p.add_argument("--out", default="runs/bench_rl_stream")
     return p
 
 
+def methods_of(args) -> list[str]:
+    """The methods to run, in the table's order."""
+    chosen = list(args.methods or ["masks", "dense"])
+    if args.sparse_finetune and "sparse-ft" not in chosen:
+        chosen.append("sparse-ft")
+    return [m for m in METHODS if m in chosen]
+
+
 def make_jobs(args, methods: list[str]) -> list[tuple[str, Job]]:
     """One (method, study job) per (seed, method)."""
-    common = dict(algo=args.algo, steps_per_task=args.steps_per_task,
-                  eval_episodes=args.eval_episodes, dense_input=args.dense_input)
-    if args.net_arch:
-        common["net_arch"] = list(args.net_arch)
+    common: dict[str, Any] = dict(algo=args.algo, steps_per_task=args.steps_per_task,
+                                  eval_episodes=args.eval_episodes,
+                                  dense_input=args.dense_input)
+    optional = dict(n_tasks=args.n_tasks, curve_evals=args.curve_evals or None,
+                    one_hot=args.one_hot or None, per_task_heads=args.per_task_heads or None,
+                    keep_buffer=args.keep_buffer or None, algo_kwargs=args.algo_kwargs,
+                    net_arch=list(args.net_arch) if args.net_arch else None)
+    common.update({k: v for k, v in optional.items() if v is not None})
     workload = f"rlstream:{args.stream}"
     jobs = []
     for seed in args.seeds:
         for method in methods:
-            if method == "dense":
-                job = Job(workload, "none", 0.0, DENSE, seed, {**common, "task_masks": False})
+            _, sparse, settings = METHODS[method]
+            settings = dict(settings)
+            if "regularizer" in settings:
+                settings["reg_coef"] = args.reg_coef
+            if not sparse:
+                job = Job(workload, "none", 0.0, DENSE, seed, {**common, **settings})
             else:
-                job = Job(workload, args.distribution, args.sparsity, args.updater, seed,
-                          {**common, "task_masks": method == "masks"})
+                updater = settings.pop("updater", args.updater)
+                job = Job(workload, args.distribution, args.sparsity, updater, seed,
+                          {**common, **settings})
                 job.sparse_config()  # ValueError naming a bad option
             jobs.append((method, job))
     return jobs
 
 
 def run_summary(method: str, job: Job, record: dict) -> dict:
-    """A finished run's row: method, seed, final return per task, forgetting."""
+    """A finished run's row: method, seed, the matrix, final values, forgetting, curves'
+    areas, dormant fractions."""
     metrics = record["metrics"]
     n = sum(k.startswith("final_return_task") for k in metrics)
     final = [metrics[f"final_return_task{j}"] for j in range(n)]
@@ -100,49 +163,133 @@ def run_summary(method: str, job: Job, record: dict) -> dict:
                "task_forgetting": metrics.get("task_forgetting", []),
                "forgetting": metrics["forgetting"], "bwt": metrics["bwt"],
                "return_matrix": metrics.get("return_matrix"),
+               "curve_auc": metrics.get("curve_auc"),
+               "dormant_fraction": metrics.get("dormant_fraction"),
+               "stream_metric": metrics.get("stream_metric", "return"),
                "wall_seconds": record.get("wall_time")}
-    print(f"{method} seed {job.seed}: final {np.round(final, 1).tolist()} forgetting "
-          f"{summary['forgetting']:.1f}", flush=True)
+    print(f"{method} seed {job.seed}: final {np.round(final, 2).tolist()} forgetting "
+          f"{summary['forgetting']:.2f}", flush=True)
     return summary
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], digits: int = 1) -> str:
     """``mean ± std`` over seeds, the std a sample std (÷ n − 1; nan for one seed)."""
     mean, std = mean_std(values)
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _diagonal(run: dict) -> list[float]:
+    """Each task's value right after it trained (the matrix's diagonal)."""
+    m = run["return_matrix"]
+    return [float(m[j][j]) for j in range(len(m))]
+
+
+def forward_transfer(auc: list[float], reference: list[float], success: bool) -> float:
+    """Continual World's forward transfer, averaged over tasks: per task
+    ``(AUC - AUC_ref) / (1 - AUC_ref)`` for success rates (NaN where the reference
+    reached 1), ``(AUC - AUC_ref) / |AUC_ref|`` for returns."""
+    out = []
+    for a, r in zip(auc, reference, strict=True):
+        scale = (1.0 - r) if success else abs(r)
+        out.append((a - r) / scale if scale > 0 else math.nan)
+    return float(np.nanmean(out)) if any(np.isfinite(out)) else math.nan
+
+
+def plasticity(diagonal: list[float], reference: list[float]) -> float:
+    """Each task's value right after training it over the from-scratch agent's, mean
+    over the second half of the stream (NaN where the reference is 0)."""
+    half = len(diagonal) // 2
+    ratios = [d / r if r else math.nan
+              for d, r in zip(diagonal[half:], reference[half:], strict=True)]
+    return float(np.nanmean(ratios)) if any(np.isfinite(ratios)) else math.nan
+
+
+def derived(runs: list[dict]) -> None:
+    """Add each run's average performance and, where the reference method ran with the
+    same seed, its forward transfer and plasticity (in place)."""
+    ref = {r["seed"]: r for r in runs if r["method"] == REFERENCE}
+    for r in runs:
+        r["average"] = float(np.mean(r["final_returns"]))
+        base = ref.get(r["seed"])
+        success = r["stream_metric"] == "success"
+        auc, ref_auc = r.get("curve_auc"), (base or {}).get("curve_auc")
+        r["forward_transfer"] = (
+            forward_transfer(auc, ref_auc, success)
+            if base is not None and auc and ref_auc and np.all(np.isfinite(auc))
+            and np.all(np.isfinite(ref_auc)) else math.nan)
+        r["plasticity"] = (plasticity(_diagonal(r), _diagonal(base)) if base is not None
+                           else math.nan)
+        dormant = r.get("dormant_fraction") or [math.nan]
+        r["dormant_last"] = float(dormant[-1])
 
 
 def table(runs: list[dict], names: dict[str, str]) -> str:
-    """Markdown table: per method, final return per task, average, forgetting."""
+    """Markdown table: per method, final value per task, average performance,
+    forgetting, forward transfer, plasticity, dormant fraction."""
     n = len(runs[0]["final_returns"])
-    head = ["method"] + [f"task {j}" for j in range(n)] + ["average", "forgetting",
-                                                            "max task forgetting"]
+    digits = 2 if runs[0]["stream_metric"] == "success" else 1
+    head = (["method"] + [f"task {j}" for j in range(n)]
+            + ["average", "forgetting", "forward transfer", "plasticity", "dormant"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, label in names.items():
         rs = [r for r in runs if r["method"] == method]
         if not rs:
             continue
         finals = np.array([r["final_returns"] for r in rs])
-        cells = [label] + [_fmt(finals[:, j]) for j in range(n)]
-        cells += [_fmt(finals.mean(axis=1)), _fmt([r["forgetting"] for r in rs]),
-                  _fmt([max(r["task_forgetting"] or [0.0]) for r in rs])]
+        cells = [label] + [_fmt(finals[:, j], digits) for j in range(n)]
+        cells += [_fmt([r["average"] for r in rs], digits),
+                  _fmt([r["forgetting"] for r in rs], digits),
+                  _fmt([r["forward_transfer"] for r in rs], 2),
+                  _fmt([r["plasticity"] for r in rs], 2),
+                  _fmt([r["dormant_last"] for r in rs], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def report(args, runs: list[dict], methods: list[str], start: float) -> None:
+def contrasts(runs: list[dict]) -> str:
+    """Each method's average performance minus dense fine-tuning's (and the
+    reference's), with the 95% CI of the difference (rliable's bootstrap; Holm-corrected
+    over the contrasts against one baseline); empty without rliable."""
+    try:
+        from sparse_agents.experiments.evidence import difference, holm
+    except ImportError:  # the evidence extra is not installed
+        return ""
+    lines = []
+    for base in ("dense", REFERENCE):
+        b = [r["average"] for r in runs if r["method"] == base]
+        if len(b) < 2:
+            continue
+        tests = {}
+        for method in dict.fromkeys(r["method"] for r in runs):
+            a = [r["average"] for r in runs if r["method"] == method]
+            if method != base and len(a) >= 2:
+                tests[method] = difference(a, b)
+        for method, interval in holm(tests).items():
+            lines.append(f"| {method} − {base} | {interval.fmt(2)} | {interval.p:.3f} | "
+                         f"{'yes' if interval.holds else 'no'} |")
+    if not lines:
+        return ""
+    return ("\n\nAverage performance, differences (95% CI, Holm-adjusted p over the "
+            "contrasts against one baseline):\n\n| contrast | difference [95% CI] | p (Holm) "
+            "| CI excludes 0 |\n|---|---|---|---|\n" + "\n".join(lines))
+
+
+def report(args, runs: list[dict], methods: list[str], start: float) -> str:
     """The table on the terminal and in OUT/table.md, the runs in OUT/results.json."""
     import envs
 
-    names = {m: METHODS[m].format(updater=args.updater, sparsity=args.sparsity)
+    names = {m: METHODS[m][0].format(updater=args.updater, sparsity=args.sparsity)
              for m in methods}
-    text = table(runs, names)
+    derived(runs)
+    text = table(runs, names) + contrasts(runs)
     stream = envs.get_stream(args.stream)
-    header = (f"{args.stream} ({stream.n_tasks} tasks), {args.algo.upper()}, "
-              f"{args.steps_per_task} steps per task, seeds {args.seeds}, mean ± std over "
-              f"seeds of the final deterministic return ({args.eval_episodes} episodes) "
-              f"on every task; forgetting = mean over earlier tasks of best minus final "
-              f"return")
+    what = "success rate" if runs[0]["stream_metric"] == "success" else "deterministic return"
+    header = (f"{args.stream} ({args.n_tasks or stream.n_tasks} tasks), {args.algo.upper()}, "
+              f"{args.steps_per_task} steps per task, seeds {args.seeds}, mean ± sample std "
+              f"over seeds of the final {what} ({args.eval_episodes} episodes) on every "
+              f"task; forgetting = mean over earlier tasks of best minus final value; "
+              f"forward transfer and plasticity against the from-scratch agent (reset) of "
+              f"the same seed; dormant: fraction of dormant neurons after the last task")
     print(header)
     print(text)
     print(f"total {time.perf_counter() - start:.0f} s")
@@ -151,19 +298,21 @@ def report(args, runs: list[dict], methods: list[str], start: float) -> None:
     (out / "table.md").write_text(header + "\n\n" + text + "\n")
     (out / "results.json").write_text(json.dumps({"args": vars(args), "runs": runs},
                                                  indent=2))
+    return text
 
 
 def run(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark; every run's summary."""
     args = build_parser().parse_args(argv)
-    methods = ["masks", "dense"] + (["sparse-ft"] if args.sparse_finetune else [])
+    methods = methods_of(args)
     jobs = make_jobs(args, methods)
     out = Path(args.out)
     start = time.perf_counter()
     if not args.resume:
         for _, job in jobs:
             job.clear_record(out)
-    records = run_study([job for _, job in jobs], out, workers=args.jobs)
+    records = run_study([job for _, job in jobs], out, workers=args.jobs,
+                        backend=args.backend, ray_address=args.ray_address)
     failed = [job.job_id for (_, job), r in zip(jobs, records, strict=True)
               if r is None or r["status"] != "ok"]
     if failed:
