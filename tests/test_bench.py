@@ -460,3 +460,21 @@ def test_rl_stream_bench_reports_baselines_transfer_and_differences(tmp_path):
     text = (tmp_path / "table.md").read_text()
     assert "| dense, fine-tuned with L2 |" in text and "forward transfer" in text
     assert "| masks − reset |" in text  # differences with CIs (no dense run: vs reset)
+
+
+def test_every_evidence_sweep_expands_to_checked_jobs_on_the_test_seeds():
+    from sparse_agents.experiments.bench import rl as bench_rl
+    from sparse_agents.experiments.bench import rl_sweep
+    from sparse_agents.experiments.bench.suite import SWEEPS
+
+    for name, sweep in SWEEPS.items():
+        args = bench_rl.build_parser().parse_args(sweep.argv("/tmp/unused", 1))
+        jobs = rl_sweep.make_jobs(args, args.tasks)
+        assert jobs, name
+        assert {j.run.seed for j in jobs} <= set(range(10)), name  # test seeds only
+        assert all(j.run.window_evals == 5 and j.run.eval_episodes == 10 for j in jobs)
+        assert all(j.run.sparse_settings == "defaults" for j in jobs if j.run.sparse)
+    widths = {j.method for j in rl_sweep.make_jobs(
+        *(lambda a: (a, a.tasks))(bench_rl.build_parser().parse_args(
+            SWEEPS["width-sac-hc"].argv("/tmp/unused", 1))))}
+    assert {"dense-w2048", "rigl-s95-w2048", "srigl-s90-w256"} <= widths

@@ -66,10 +66,11 @@ def test_iqm_and_improvement_probability_come_from_rliable():
     assert p.estimate == pytest.approx(1.0) and p.holds
 
 
-def _write_run(root, name, seed, total, returns):
+def _write_run(root, name, seed, total, returns, extra=None):
     folder = root / "runs" / f"{name}-s{seed}"
     folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps({"seed": seed, "timesteps": total}))
+    (folder / "summary.json").write_text(json.dumps({"seed": seed, "timesteps": total,
+                                                     **(extra or {})}))
     steps = np.linspace(0, total, len(returns))
     rows = ["timesteps,mean,std"] + [f"{t},{r},0" for t, r in zip(steps, returns,
                                                                    strict=True)]
@@ -128,3 +129,27 @@ def test_a_run_with_window_evals_holds_the_protocols_evaluations_in_its_window(t
     other = RLRun(algo="ppo", env="CartPole-v1", updater="static", timesteps=2048,
                   eval_freq=512, eval_episodes=1)
     assert any("window_evals" in d for d in other.differences(tmp_path / "run"))
+
+
+def test_width_report_compares_sparse_widths_with_the_best_dense_width_and_its_cpu(tmp_path):
+    """A sparse wide network that beats the best dense width at less CPU time is said
+    to; one that beats it at more CPU time is said to need more; the figure is drawn."""
+    rng = np.random.default_rng(5)
+    rows = [("x-dense-w64", 100, 10.0), ("x-dense-w256", 120, 40.0),
+            ("x-srigl-w256", 150, 30.0), ("x-rigl-w1024", 150, 90.0),
+            ("x-srigl-w64", 90, 9.0)]
+    for seed in range(6):
+        for name, level, cpu in rows:
+            _write_run(tmp_path, name, seed, 1000, level + rng.normal(0, 2, 51),
+                       {"cpu_s": cpu, "nonzero_params": 1000})
+    assert ev.width_of("x-srigl-w256") == ("x-srigl", 256) and ev.width_of("x-dense") is None
+    text = ev.sweep_report(tmp_path, reps=REPS)
+    section = text.split("## Width scaling: against the best dense network (x-dense-w256)")[1]
+    rows = {line.split(" | ")[0]: line for line in section.splitlines()
+            if line.startswith("| x-")}
+    assert rows["| x-srigl-w256"].endswith("| beats the best dense at no more CPU time |")
+    assert rows["| x-rigl-w1024"].endswith("| beats the best dense, at more CPU time |")
+    assert "below the best dense" in rows["| x-srigl-w64"]
+    assert "## Against dense (x-dense-w256)" in text  # the default reference
+    ev.plot_width_scaling(tmp_path, tmp_path / "w.png")
+    assert (tmp_path / "w.png").stat().st_size > 0

@@ -36,8 +36,9 @@ from sparse_agents.experiments.results import write_atomic
 from sparse_agents.experiments.rl import MIN_EVALS, WINDOW, window_score
 from sparse_agents.intervals import mean_std
 
-__all__ = ["MARGIN", "MIN_EVALS", "WINDOW", "Interval", "Run", "difference", "holm",
-           "improvement_probability", "iqm", "noninferiority", "read_runs", "sweep_report",
+__all__ = ["MARGIN", "MIN_EVALS", "WINDOW", "Interval", "Run", "best_dense_width",
+           "difference", "holm", "improvement_probability", "iqm", "noninferiority",
+           "plot_width_scaling", "read_runs", "sweep_report", "width_of", "width_section",
            "window_score"]
 
 #: "matches dense": sparse above this fraction of dense
@@ -173,6 +174,8 @@ class Run:
     seed: int
     score: float
     window_evals: int
+    cpu_s: float = math.nan  # the run's CPU time (older runs: training wall time)
+    nonzero: float = math.nan  # nonzero parameters of its trained policy
 
 
 def read_runs(sweep: str | Path, window: float = WINDOW) -> list[Run]:
@@ -190,8 +193,99 @@ def read_runs(sweep: str | Path, window: float = WINDOW) -> list[Run]:
         total = float(info["timesteps"])
         n = int(sum(x >= (1 - window) * total for x in t))
         group = folder.name.rsplit("-s", 1)[0]
-        runs.append(Run(group, int(info["seed"]), window_score(t, r, total, window, 1), n))
+        cpu = info.get("cpu_s", info.get("train_s", math.nan))
+        runs.append(Run(group, int(info["seed"]), window_score(t, r, total, window, 1), n,
+                        float(cpu), float(info.get("nonzero_params", math.nan))))
     return runs
+
+
+def width_of(group: str) -> tuple[str, int] | None:
+    """``(family, width)`` of a ``--widths`` group (``...-<method>-w<W>``), else None."""
+    family, sep, width = group.rpartition("-w")
+    return (family, int(width)) if sep and width.isdigit() else None
+
+
+def best_dense_width(groups: Mapping[str, list[Run]]) -> str | None:
+    """The dense ``--widths`` group with the best mean score (None: no such group)."""
+    dense = [g for g in groups if (w := width_of(g)) and w[0].endswith("-dense")]
+    return max(dense, key=lambda g: float(np.mean([r.score for r in groups[g]])),
+               default=None)
+
+
+def width_section(groups: Mapping[str, list[Run]], reps: int = REPS) -> list[str]:
+    """Markdown lines of the width-scaling claim: the best dense network of any width
+    against every sparse group (difference, Holm over the sparse groups) and the CPU
+    time each needs relative to it; empty when the sweep has no dense width groups."""
+    widths = {g: width_of(g) for g in groups}
+    dense = [g for g, w in widths.items() if w and w[0].endswith("-dense")]
+    if not dense:
+        return []
+    score = {g: float(np.mean([r.score for r in runs])) for g, runs in groups.items()}
+    cpu = {g: float(np.mean([r.cpu_s for r in runs])) for g, runs in groups.items()}
+    nonzero = {g: float(np.mean([r.nonzero for r in runs])) for g, runs in groups.items()}
+    best = best_dense_width(groups)
+    sparse = [g for g, w in widths.items() if w and g not in dense]
+    arrays = {g: np.array([r.score for r in runs]) for g, runs in groups.items()}
+    diffs = holm({g: difference(arrays[g], arrays[best], reps) for g in sparse})
+    lines = ["", f"## Width scaling: against the best dense network ({best})", "",
+             "Every sparse group against the dense width with the best mean score; the "
+             f"difference is Holm-corrected over the {len(sparse)} sparse groups. \"beats "
+             "the best dense at no more CPU time\" needs the CI above 0 and a CPU-time "
+             "ratio <= 1 (CPU seconds of the whole run, evaluations included).", "",
+             "| group | width | nonzero params | score | difference | Holm p | CPU s | "
+             "CPU vs best dense | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for g in sorted(dense + sparse, key=lambda g: (widths[g][0], widths[g][1])):
+        ratio = cpu[g] / cpu[best] if cpu[best] else math.nan
+        if g in diffs:
+            d = diffs[g]
+            cell, p = d.fmt(1), f"{d.p:.3f}"
+            verdict = ("beats the best dense at no more CPU time"
+                       if d.holds and d.estimate > 0 and ratio <= 1 else
+                       "beats the best dense, at more CPU time" if d.holds and d.estimate > 0
+                       else "below the best dense" if d.holds else "not shown")
+        else:
+            cell, p, verdict = "–", "–", "best dense" if g == best else "dense"
+        lines.append(f"| {g} | {widths[g][1]} | {nonzero[g]:,.0f} | {score[g]:.1f} | {cell} "
+                     f"| {p} | {cpu[g]:.0f} | {ratio:.2f} | {verdict} |")
+    return lines
+
+
+def plot_width_scaling(sweep: str | Path, out: str | Path) -> None:
+    """Score against hidden width, nonzero parameters and CPU seconds, one line per
+    method family (mean over seeds, bars the sample std), of a ``--widths`` sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[Run]] = {}
+    for run in read_runs(sweep):
+        if width_of(run.group):
+            groups.setdefault(run.group, []).append(run)
+    families: dict[str, list[str]] = {}
+    for g in sorted(groups, key=lambda g: width_of(g)[1]):
+        families.setdefault(width_of(g)[0], []).append(g)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for family, members in families.items():
+        mean = [float(np.mean([r.score for r in groups[g]])) for g in members]
+        std = [mean_std([r.score for r in groups[g]])[1] for g in members]
+        xs = {"width": [width_of(g)[1] for g in members],
+              "nonzero parameters": [float(np.mean([r.nonzero for r in groups[g]]))
+                                     for g in members],
+              "CPU seconds per run": [float(np.mean([r.cpu_s for r in groups[g]]))
+                                      for g in members]}
+        for ax, (label, x) in zip(axes, xs.items(), strict=True):
+            ax.errorbar(x, mean, yerr=np.nan_to_num(std), marker="o", capsize=3,
+                        label=family.rsplit("-", 1)[-1] if "-s" not in family
+                        else family.split("-", 2)[-1])
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+    axes[0].set_ylabel(f"score (last {WINDOW:.0%} of training)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(Path(sweep).name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def sweep_report(sweep: str | Path, dense: str | None = None, static: str | None = None,
@@ -206,7 +300,10 @@ def sweep_report(sweep: str | Path, dense: str | None = None, static: str | None
     for run in runs:
         groups.setdefault(run.group, []).append(run)
     names = sorted(groups)
-    dense = dense or next((g for g in names if "-dense" in g), None)
+    width_lines = width_section(groups, reps)
+    # a width sweep: against the best dense width
+    dense = dense or best_dense_width(groups) or next((g for g in names if "-dense" in g),
+                                                      None)
     static = static or next((g for g in names if g.endswith("-static")), None)
     scores = {g: np.array([r.score for r in groups[g]]) for g in names}
     lines = [f"# Evidence: {Path(sweep).name}", "",
@@ -255,6 +352,7 @@ def sweep_report(sweep: str | Path, dense: str | None = None, static: str | None
             verdict = ("above static" if d.holds and d.estimate > 0 else
                        "below static" if d.holds else "not shown")
             lines.append(f"| {g} | {d.fmt(1)} | {d.p:.3f} | {verdict} |")
+    lines += width_lines
     return "\n".join(lines) + "\n"
 
 
@@ -270,3 +368,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = Path(sweep, "evidence.md")
         write_atomic(out, sweep_report(sweep, args.dense, args.static, args.margin))
         print(f"wrote {out}")
+        if any(width_of(r.group) for r in read_runs(sweep)):
+            plot_width_scaling(sweep, Path(sweep, "width_scaling.png"))
+            print(f"wrote {Path(sweep, 'width_scaling.png')}")
