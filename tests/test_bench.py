@@ -478,3 +478,20 @@ def test_every_evidence_sweep_expands_to_checked_jobs_on_the_test_seeds():
         *(lambda a: (a, a.tasks))(bench_rl.build_parser().parse_args(
             SWEEPS["width-sac-hc"].argv("/tmp/unused", 1))))}
     assert {"dense-w2048", "rigl-s95-w2048", "srigl-s90-w256"} <= widths
+
+
+def test_committed_evidence_runs_are_found_done_by_their_suite_sweep(capsys):
+    """Every run committed under results/evidence/<sweep> was made with the settings of
+    the suite's sweep (a dry run of it finds them all finished, refuses none)."""
+    from sparse_agents.experiments.bench import rl as bench_rl
+    from sparse_agents.experiments.bench.suite import SWEEPS
+
+    for sweep in SWEEPS.values():
+        root = ROOT / "results" / "evidence" / sweep.folder
+        committed = list((root / "runs").glob("*/summary.json"))
+        if not committed:
+            continue
+        argv = sweep.argv(str(ROOT / "results" / "evidence"), 1)
+        assert bench_rl.main([*argv, "--dry-run"]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert line.startswith(f"{len(committed)} of "), line
