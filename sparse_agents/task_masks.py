@@ -34,6 +34,8 @@ OWNER_BUFFER = "weight_owner"
 #: name of the child module holding the task list and per-task state
 STATE_MODULE = "task_masks"
 OVERFLOW = ("raise", "shrink")
+#: what a task claims at its start: its budget, or every free weight (PackNet)
+CLAIMS = ("budget", "free")
 
 
 def task_densities(
@@ -397,17 +399,24 @@ class TaskMasks:
         return out
 
     # ------------------------------------------------------------------ tasks
-    def start_task(self, task_id: int, optimizer: torch.optim.Optimizer) -> SparseTopology:
+    def start_task(self, task_id: int, optimizer: torch.optim.Optimizer,
+                   claim: str = "budget") -> SparseTopology:
         """Claim task ``task_id``'s budget among free weights and hook ``optimizer``.
 
-        Returns the :class:`SparseTopology` (the same object for every task) whose
-        trainable mask is the new task's; its step counter and schedule restart.
+        ``claim="free"`` claims every free weight instead (PackNet: the task trains
+        dense in the free capacity; :meth:`prune_task` then keeps its budget). Returns
+        the :class:`SparseTopology` (the same object for every task) whose trainable
+        mask is the new task's; its step counter and schedule restart.
         """
+        if claim not in CLAIMS:
+            raise ValueError(f"claim must be one of {CLAIMS}, got {claim!r}")
         task_id = self.check_start(task_id, optimizer)
         self.follow_model()
         self.set_task(None)
         self._install(None)  # every owned weight in place while the new mask is drawn
         budgets = self._claimable(task_id)
+        if claim == "free":
+            budgets = {x.name: int((self._owner(x) == FREE).sum()) for x in self.layers}
         with torch.no_grad():
             for layer in self.layers:
                 owner = self._owner(layer)
@@ -483,6 +492,31 @@ class TaskMasks:
         topo.restart()
         topo.attach(optimizer)
         return topo
+
+    @torch.no_grad()
+    def prune_task(self) -> dict[str, int]:
+        """PackNet's pruning (Mallya & Lazebnik, CVPR 2018): the training task keeps its
+        largest-magnitude weights, at most its budget per layer, and releases the rest to
+        the free pool (zeroed, with their optimizer state); ties go to the lower index.
+        Train on afterwards to recover, then :meth:`end_task`. Returns the kept weights
+        per layer."""
+        self._sync()
+        if self._training is None:
+            raise ValueError("no task is training: call start_task() first")
+        self.set_task(None)
+        kept = {}
+        for layer in self.layers:
+            mask = layer.mask
+            k = min(self.budgets[layer.name], int(mask.sum()))
+            flat = torch.where(mask, layer.weight.detach().abs(),
+                               torch.full_like(layer.weight, -1.0)).flatten()
+            order = torch.argsort(flat, descending=True, stable=True)[:k]
+            new = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+            new[order] = True
+            self.topology.assign(layer.name, new.view_as(mask), k)
+            kept[layer.name] = k
+        self.topology.remask()  # released weights and their optimizer state to zero
+        return kept
 
     def end_task(self) -> None:
         """Freeze the training task: its mask becomes its owned weights, and its

@@ -240,3 +240,14 @@ def test_metaworld_cw3_first_task_runs_with_sac_and_reports_success():
     assert result.metric == "success" and result.summary()["metric"] == "success"
     assert result.returns[0, 0] in (0.0, 1.0)
     assert result.config["algo_kwargs"]["learning_rate"] == 1e-3  # Continual World's SAC
+
+
+def test_packnet_through_the_runner_holds_each_tasks_budget_and_forgets_nothing():
+    result = train_stream("cartpole-permuted", algo="dqn", updater="static", sparsity=0.75,
+                          packnet=True, steps_per_task=400, n_tasks=2, eval_episodes=2,
+                          algo_kwargs={"learning_starts": 100, "train_freq": 4},
+                          policy_kwargs={"net_arch": [32, 32]})
+    assert result.returns[1, 0] == result.returns[0, 0]
+    assert result.density["used"] == pytest.approx(0.5, abs=0.02)  # two budgets of 25%
+    with pytest.raises(ValueError, match="packnet"):
+        train_stream("cartpole-permuted", updater="dense", packnet=True, steps_per_task=8)

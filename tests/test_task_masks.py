@@ -455,3 +455,45 @@ def test_task_records_read_the_model_alone():
         assert torch.equal(record.visible[x.name], tm.owned(5)[x.name])
         record.visible[x.name].fill_(True)  # a copy
     assert not any(bool(v.all()) for v in task_records(model)[0].visible.values())
+
+
+def test_packnet_task_trains_the_free_capacity_then_keeps_its_largest_weights():
+    """claim="free": the task's mask is every free weight; prune_task keeps the budget's
+    largest magnitudes (released weights zeroed, returned to the free pool), and the next
+    task claims from what is free after that; earlier tasks stay bit-identical."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tm = TaskMasks(model, sparsity=0.75, updater="static", distribution="uniform")
+    x = torch.randn(32, 6)
+    tm.start_task(0, opt, claim="free")
+    assert all(bool(layer.mask.all()) for layer in tm.layers)  # dense in the free pool
+    for _ in range(5):
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.step()
+    before = {layer.name: layer.weight.detach().clone() for layer in tm.layers}
+    kept = tm.prune_task()
+    for layer in tm.layers:
+        k = kept[layer.name]
+        assert k == tm.budgets[layer.name] == int(layer.mask.sum())
+        w = before[layer.name].abs().flatten()
+        assert w[layer.mask.flatten()].min() >= w[~layer.mask.flatten()].max()
+        assert bool((layer.weight[~layer.mask] == 0).all())
+    tm.end_task()
+    out0 = model(x).detach().clone()
+    tm.start_task(1, opt, claim="free")
+    for layer in tm.layers:  # task 1 gets exactly what task 0 released
+        assert int(layer.mask.sum()) == layer.weight.numel() - tm.budgets[layer.name]
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.step()
+    tm.prune_task()
+    tm.end_task()
+    with tm.use_task(0):
+        assert torch.equal(model(x), out0)
+    with pytest.raises(ValueError, match="claim must be one of"):
+        tm.start_task(2, opt, claim="all")
+    with pytest.raises(ValueError, match="no task is training"):
+        tm.prune_task()

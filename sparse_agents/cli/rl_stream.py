@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset-per-task", action="store_true",
                    help="a new agent for every task (training from scratch: the reference "
                         "of forward transfer and plasticity)")
+    p.add_argument("--packnet", action="store_true",
+                   help="PackNet-style masks: train every free weight, prune to the task's "
+                        "budget, retrain (use --updater static)")
     p.add_argument("--regularizer", choices=REGULARIZERS, default=None,
                    help="fine-tune with an L2 or EWC penalty towards the last task's weights")
     p.add_argument("--reg-coef", type=float, default=1.0, help="the penalty's weight")
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_episodes=args.eval_episodes, one_hot=args.one_hot,
         transfer=not args.no_transfer, per_task_heads=args.per_task_heads,
         dense_input=args.dense_input, keep_buffer=args.keep_buffer,
-        reset_per_task=args.reset_per_task, regularizer=args.regularizer,
+        reset_per_task=args.reset_per_task, packnet=args.packnet,
+        regularizer=args.regularizer,
         reg_coef=args.reg_coef, curve_evals=args.curve_evals,
         algo_kwargs=args.algo_kwargs, verbose=args.verbose, on_task_end=progress)
     paths = result.save(args.out)

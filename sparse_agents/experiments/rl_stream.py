@@ -70,6 +70,8 @@ __all__ = [
 
 #: supported algorithms
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC}
+#: PackNet: the share of a task's steps that retrains its kept weights after pruning
+PACKNET_RETRAIN = 0.2
 #: algorithm -> (dense policy, sparse fine-tuned policy, per-task-mask policy)
 POLICIES: dict[str, tuple[Any, type, type]] = {
     "ppo": ("MlpPolicy", SparseActorCriticPolicy, TaskMaskActorCriticPolicy),
@@ -328,13 +330,17 @@ class _Agent:
 
 def _train_task(agent: _Agent, envs_: _StreamEnvs, task_id: int, steps: int, *,
                 task_masks: bool, reset_optimizer: bool, keep_buffer: bool,
-                curve: list, curve_evals: int, eval_episodes: int, metric: str) -> float:
-    """Train one task; returns its wall time in seconds (evaluations excluded)."""
+                curve: list, curve_evals: int, eval_episodes: int, metric: str,
+                packnet: bool) -> float:
+    """Train one task; returns its wall time in seconds (evaluations excluded). PackNet:
+    train in every free weight, prune to the task's budget after ``1 - PACKNET_RETRAIN``
+    of the steps, retrain the kept weights for the rest."""
     model = agent.model
     start = time.perf_counter()
     if task_masks:
         start_mask_task(model, task_id, keep_buffer=keep_buffer,
-                        reset_optimizer=reset_optimizer)
+                        reset_optimizer=reset_optimizer,
+                        claim="free" if packnet else "budget")
     else:
         if reset_optimizer:
             for _, opt in policy_optimizers(model.policy):
@@ -349,7 +355,13 @@ def _train_task(agent: _Agent, envs_: _StreamEnvs, task_id: int, steps: int, *,
         callback = evaluation_callback(
             envs_.evaluate(task_id), max(1, steps // curve_evals), eval_episodes, rows,
             evaluate=lambda m, env: _evaluate(m, env, eval_episodes, metric == "success"))
-    model.learn(steps, reset_num_timesteps=True, callback=callback)
+    if packnet:
+        retrain = max(1, int(steps * PACKNET_RETRAIN))
+        model.learn(steps - retrain, reset_num_timesteps=True, callback=callback)
+        model.policy.prune_task()
+        model.learn(retrain, reset_num_timesteps=False, callback=callback)
+    else:
+        model.learn(steps, reset_num_timesteps=True, callback=callback)
     if callback is not None:
         curve.extend((int(step), float(value)) for step, value, _ in rows)
     if task_masks:
@@ -379,6 +391,7 @@ def train_stream(
     reset_optimizer: bool = True,
     keep_buffer: bool = False,
     reset_per_task: bool = False,
+    packnet: bool = False,
     regularizer: str | None = None,
     reg_coef: float = 1.0,
     curve_evals: int = 0,
@@ -411,6 +424,10 @@ def train_stream(
             emptied at each task, as Continual World does).
         reset_per_task: a new agent (weights, optimizer, buffer) for every task: training
             from scratch, the reference of forward transfer and plasticity.
+        packnet: PackNet-style per-task masks (needs ``task_masks``): each task trains
+            every free weight, is pruned to its budget (``1 - sparsity`` per task) by
+            magnitude and retrains the kept weights for the last ``PACKNET_RETRAIN`` of
+            its steps; use ``updater="static"`` (no DST inside a task).
         regularizer: ``"l2"`` or ``"ewc"``: fine-tuning with that penalty towards the
             weights at the end of the last task (:class:`~sparse_agents.regularize.
             Consolidation`), of weight ``reg_coef``.
@@ -424,6 +441,10 @@ def train_stream(
     spec = envs.get_stream(stream)
     task_masks = _check_args(algo, updater, sparsity, task_masks, steps_per_task,
                              eval_episodes, reset_per_task, regularizer, curve_evals)
+    if packnet not in (True, False) or (packnet and not task_masks):
+        raise ValueError(f"packnet must be True or False, and True needs per-task masks "
+                         f"(a sparse updater, task_masks=True), got packnet={packnet!r}, "
+                         f"task_masks={task_masks}")
     total = spec.n_tasks if n_tasks is None else n_tasks
     if isinstance(total, bool) or not isinstance(total, int) or not 1 <= total <= spec.n_tasks:
         raise ValueError(f"n_tasks must be an integer in [1, {spec.n_tasks}] for stream "
@@ -452,7 +473,8 @@ def train_stream(
               "eval_episodes": eval_episodes, "one_hot": one_hot, "transfer": transfer,
               "per_task_heads": per_task_heads, "dense_input": dense_input,
               "reset_optimizer": reset_optimizer, "keep_buffer": keep_buffer,
-              "reset_per_task": reset_per_task, "regularizer": regularizer,
+              "reset_per_task": reset_per_task, "packnet": packnet,
+              "regularizer": regularizer,
               "reg_coef": reg_coef, "curve_evals": curve_evals, "metric": metric,
               "n_envs": envs_.n_envs,
               "algo_kwargs": {k: v for k, v in hyper.items() if _jsonable(v)},
@@ -470,7 +492,7 @@ def train_stream(
             agent, envs_, t, steps_per_task, task_masks=task_masks,
             reset_optimizer=reset_optimizer, keep_buffer=keep_buffer,
             curve=curve, curve_evals=curve_evals, eval_episodes=eval_episodes,
-            metric=metric))
+            metric=metric, packnet=packnet))
         result.curves.append(curve)
         result.dormant.append(agent.dormant.metrics()["dormant_fraction"])
         if reset_per_task:  # task j is held by the agent that trained it, which is gone

@@ -229,7 +229,8 @@ class TaskExploration:
 
 
 def start_task(model: BaseAlgorithm, task_id: int, *, keep_buffer: bool = False,
-               reset_optimizer: bool = True, restart_exploration: bool = True) -> None:
+               reset_optimizer: bool = True, restart_exploration: bool = True,
+               claim: str = "budget") -> None:
     """Start task ``task_id`` on ``model``, an SB3 algorithm whose policy has per-task
     masks: ``model.policy.start_task(task_id, reset_optimizer)``, then
 
@@ -239,7 +240,9 @@ def start_task(model: BaseAlgorithm, task_id: int, *, keep_buffer: bool = False,
       epsilon schedule starts again from ``exploration_initial_eps``
       (:class:`TaskExploration`).
 
-    SAC's entropy coefficient is the algorithm's and carries over. Errors (unknown
+    ``claim="free"``: the task claims every free weight (PackNet; prune with
+    ``model.policy.prune_task()`` before ``end_task``). SAC's entropy coefficient is the
+    algorithm's and carries over. Errors (unknown
     policy, task id trained already, no capacity) leave the model unchanged.
     """
     for name, value in (("keep_buffer", keep_buffer), ("reset_optimizer", reset_optimizer),
@@ -251,7 +254,7 @@ def start_task(model: BaseAlgorithm, task_id: int, *, keep_buffer: bool = False,
         raise ValueError("model.policy must be a policy with per-task masks "
                          "(TaskMaskDQNPolicy, TaskMaskSACPolicy, TaskMaskActorCriticPolicy), "
                          f"got {type(policy).__name__}")
-    policy.start_task(task_id, reset_optimizer=reset_optimizer)
+    policy.start_task(task_id, reset_optimizer=reset_optimizer, claim=claim)
     buffer = getattr(model, "replay_buffer", None)
     if buffer is not None and not keep_buffer:
         buffer.reset()

@@ -22,7 +22,7 @@ from sparse_agents.sb3.mixin import (
     topology_config,
 )
 from sparse_agents.sb3.policies import SparseActorCriticPolicy
-from sparse_agents.task_masks import TaskMasks
+from sparse_agents.task_masks import CLAIMS, TaskMasks
 from sparse_agents.topology import find_maskable, match_layer
 
 __all__ = ["TASK_MASK_DEFAULTS", "TaskFollower", "TaskMaskActorCriticPolicy",
@@ -222,17 +222,21 @@ class TaskMaskPolicyMixin:
                 for k, v in tm.metrics().items()}
 
     # ------------------------------------------------------------------ tasks
-    def start_task(self, task_id: int, reset_optimizer: bool = True) -> None:
+    def start_task(self, task_id: int, reset_optimizer: bool = True,
+                   claim: str = "budget") -> None:
         """Claim task ``task_id``'s weights and train them from now on (its topology's
-        schedule restarts; ``reset_optimizer`` clears the optimizers' state). Checked in
+        schedule restarts; ``reset_optimizer`` clears the optimizers' state; ``claim``
+        ``"free"``: every free weight, for PackNet's :meth:`prune_task`). Checked in
         every ``TaskMasks`` first: on error nothing changes."""
+        if claim not in CLAIMS:
+            raise ValueError(f"claim must be one of {CLAIMS}, got {claim!r}")
         optimizers = dict(policy_optimizers(self))
         for key, tm in self._task_masks.items():
             task_id = tm.check_start(task_id, optimizers[key])
         for key, tm in self._task_masks.items():
             if reset_optimizer:
                 optimizers[key].state.clear()
-            tm.start_task(task_id, optimizers[key])
+            tm.start_task(task_id, optimizers[key], claim)
         for follower in self._followers:
             follower.sync()
         self._sparse.restart_schedule()  # the next learn() places a fresh t_end
@@ -250,6 +254,14 @@ class TaskMaskPolicyMixin:
         for follower in self._followers:
             follower.follow()
         self._sparse.restart_schedule()
+
+    def prune_task(self) -> None:
+        """PackNet: keep the training task's largest weights, its budget per layer, in
+        every network (:meth:`TaskMasks.prune_task`); train on, then :meth:`end_task`."""
+        for tm in self._task_masks.values():
+            tm.prune_task()
+        for follower in self._followers:
+            follower.sync()
 
     def end_task(self) -> None:
         """Freeze the training task's weights and store its per-task state."""

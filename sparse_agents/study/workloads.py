@@ -157,7 +157,8 @@ def run_rl_stream(job: Job) -> dict:
     ``rlstream:cartpole-physics``; per-task masks unless ``task_masks=false``; settings:
     ``algo``, ``steps_per_task``, ``dense_input``, ``n_tasks``, ``net_arch`` (the hidden
     sizes of every network), ``one_hot``, ``per_task_heads``, ``keep_buffer``,
-    ``reset_per_task``, ``regularizer``, ``reg_coef``, ``curve_evals``, ``algo_kwargs``);
+    ``reset_per_task``, ``packnet``, ``regularizer``, ``reg_coef``, ``curve_evals``,
+    ``algo_kwargs``);
     metric: the mean final value of the stream's metric over its tasks (return, or
     success rate). The record also keeps the matrix, each earlier task's forgetting, the
     training curves' areas and the dormant-neuron fraction after each task."""
@@ -175,6 +176,7 @@ def run_rl_stream(job: Job) -> dict:
         per_task_heads=bool(s.get("per_task_heads", False)),
         keep_buffer=bool(s.get("keep_buffer", False)),
         reset_per_task=bool(s.get("reset_per_task", False)),
+        packnet=bool(s.get("packnet", False)),
         regularizer=s.get("regularizer"), reg_coef=float(s.get("reg_coef", 1.0)),
         curve_evals=int(s.get("curve_evals", 0)),
         algo_kwargs=s.get("algo_kwargs"),

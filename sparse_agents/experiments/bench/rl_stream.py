@@ -29,6 +29,8 @@ METHODS: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "masks": ("{updater} {sparsity:.0%}, per-task masks", True, {"task_masks": True}),
     "masks-static": ("static {sparsity:.0%}, per-task masks (no DST in a task)", True,
                      {"task_masks": True, "updater": "static"}),
+    "packnet": ("PackNet-style {sparsity:.0%} per task (train free, prune, retrain)", True,
+                {"task_masks": True, "updater": "static", "packnet": True}),
     "dense": ("dense, fine-tuned", False, {"task_masks": False}),
     "sparse-ft": ("{updater} {sparsity:.0%}, fine-tuned (no masks)", True,
                   {"task_masks": False}),
