@@ -21,7 +21,14 @@ __all__ = ["SWEEPS", "Sweep", "main"]
 
 #: the protocol's evaluation settings, shared by every sweep
 EVALS = ["--evals", "20", "--window-evals", "5", "--eval-episodes", "10"]
-METHODS = ["--updaters", "dense", "static", "set", "rigl", "srigl"]
+METHODS = ("--updaters", "dense", "static", "set", "rigl", "srigl")
+#: the papers' configurations with the sparse policies' shipped defaults
+GRAESSER = ("--hyperparams", "graesser", "--sparse-settings", "defaults")
+MINATAR = ("--hyperparams", "minatar", "--sparse-settings", "defaults")
+#: the curves' rows: RigL and SRigL against dense
+CURVE = ("--updaters", "dense", "rigl", "srigl")
+SPARSITIES = ("--distributions", "erk", "uniform", "--sparsities", "0.5", "0.8", "0.9",
+              "0.95", "0.99", "--seeds", "5")
 
 
 @dataclass(frozen=True)
@@ -46,55 +53,51 @@ SWEEPS: dict[str, Sweep] = {
     "ppo-hc-300k": _sweep(
         "matches dense / DST above static: PPO HalfCheetah-v5, Graesser's configuration, "
         "300k steps (30% of the paper's)", "ppo_hc_300k",
-        "--hyperparams", "graesser", "--sparse-settings", "defaults",
+        *GRAESSER,
         "--tasks", "ppo:HalfCheetah-v5:300000", *METHODS, "--seeds", "10"),
     "sac-hc-100k": _sweep(
         "matches dense / DST above static: SAC HalfCheetah-v5 (256, 256), Graesser's "
         "configuration, 100k steps (10% of the paper's)", "sac_hc_100k",
-        "--hyperparams", "graesser", "--sparse-settings", "defaults",
+        *GRAESSER,
         "--tasks", "sac:HalfCheetah-v5:100000", *METHODS, "--seeds", "10"),
     "dqn-cartpole-100k": _sweep(
         "matches dense / DST above static: DQN CartPole-v1, Graesser's configuration, 100k "
         "steps", "dqn_cartpole_100k",
-        "--hyperparams", "graesser", "--sparse-settings", "defaults",
+        *GRAESSER,
         "--tasks", "dqn:CartPole-v1:100000", *METHODS, "--seeds", "10"),
     "minatar-breakout-100k": _sweep(
         "matches dense / DST above static: DQN MinAtar Breakout, Young & Tian's "
         "configuration, 100k steps", "minatar_breakout_100k",
-        "--hyperparams", "minatar", "--sparse-settings", "defaults",
+        *MINATAR,
         "--tasks", "dqn:MinAtar/Breakout-v1:100000", *METHODS, "--seeds", "10"),
     "minatar-spaceinvaders-100k": _sweep(
         "matches dense / DST above static: DQN MinAtar SpaceInvaders, Young & Tian's "
         "configuration, 100k steps", "minatar_spaceinvaders_100k",
-        "--hyperparams", "minatar", "--sparse-settings", "defaults",
+        *MINATAR,
         "--tasks", "dqn:MinAtar/SpaceInvaders-v1:100000", *METHODS, "--seeds", "10"),
     "sparsity-minatar-breakout": _sweep(
         "sparsity curve, ERK vs uniform: DQN MinAtar Breakout, 50-99%", "sparsity_minatar",
-        "--hyperparams", "minatar", "--sparse-settings", "defaults",
-        "--tasks", "dqn:MinAtar/Breakout-v1:100000", "--updaters", "dense", "rigl", "srigl",
-        "--distributions", "erk", "uniform", "--sparsities", "0.5", "0.8", "0.9", "0.95",
-        "0.99", "--seeds", "5"),
+        *MINATAR,
+        "--tasks", "dqn:MinAtar/Breakout-v1:100000", *CURVE, *SPARSITIES),
     "sparsity-ppo-hc": _sweep(
         "sparsity curve, ERK vs uniform: PPO HalfCheetah-v5, 300k steps, 50-99%",
         "sparsity_ppo_hc",
-        "--hyperparams", "graesser", "--sparse-settings", "defaults",
-        "--tasks", "ppo:HalfCheetah-v5:300000", "--updaters", "dense", "rigl", "srigl",
-        "--distributions", "erk", "uniform", "--sparsities", "0.5", "0.8", "0.9", "0.95",
-        "0.99", "--seeds", "5"),
+        *GRAESSER,
+        "--tasks", "ppo:HalfCheetah-v5:300000", *CURVE, *SPARSITIES),
     "width-sac-hc": _sweep(
         "width scaling: SAC HalfCheetah-v5 at widths 256-2048, dense vs 90%/95% RigL and "
         "SRigL of the same width, 100k steps (CPU-seconds: run it alone, --workers 1)",
         "width_sac_hc",
-        "--hyperparams", "graesser", "--sparse-settings", "defaults",
-        "--tasks", "sac:HalfCheetah-v5:100000", "--updaters", "dense", "rigl", "srigl",
+        *GRAESSER,
+        "--tasks", "sac:HalfCheetah-v5:100000", *CURVE,
         "--widths", "256", "512", "1024", "2048", "--sparsities", "0.9", "0.95",
         "--seeds", "5"),
     "width-minatar-breakout": _sweep(
         "width scaling: DQN MinAtar Breakout at 1x-8x MinAtarCNN width (128-1024 units), "
         "dense vs 90%/95% RigL and SRigL, 100k steps (CPU-seconds: run it alone)",
         "width_minatar",
-        "--hyperparams", "minatar", "--sparse-settings", "defaults",
-        "--tasks", "dqn:MinAtar/Breakout-v1:100000", "--updaters", "dense", "rigl", "srigl",
+        *MINATAR,
+        "--tasks", "dqn:MinAtar/Breakout-v1:100000", *CURVE,
         "--widths", "128", "256", "512", "1024", "--sparsities", "0.9", "0.95",
         "--seeds", "5"),
 }
