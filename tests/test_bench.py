@@ -431,6 +431,9 @@ def test_rl_stream_bench_runs_study_jobs_and_resumes(tmp_path, capsys):
     again = rl_stream.run([*argv, "--resume"])  # nothing retrained
     assert [p.stat().st_mtime_ns for p in records] == stamps
     assert [r["final_returns"] for r in again] == [r["final_returns"] for r in runs]
+    records[1].unlink()  # a sweep under way: --report tabulates the finished run only
+    table = rl_stream.run([*argv, "--report"])
+    assert [r["method"] for r in table] == ["masks"] and not records[1].exists()
 
 
 def test_continual_world_metrics_against_the_from_scratch_agent():

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the runs train: local processes or a Ray cluster")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
     p.add_argument("--resume", action="store_true", help="skip the runs already done")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: tabulate the runs already finished under --out")
     p.add_argument("--out", default="runs/bench_rl_stream")
     return p
 
@@ -310,6 +312,16 @@ def run(argv: list[str] | None = None) -> list[dict]:
     jobs = make_jobs(args, methods)
     out = Path(args.out)
     start = time.perf_counter()
+    if args.report:  # a sweep under way: the finished runs only
+        pairs = [(pair, pair[1].read_record(out)) for pair in jobs]
+        done = [(pair, r) for pair, r in pairs if r is not None and r["status"] == "ok"]
+        if not done:
+            raise FileNotFoundError(f"--report: no finished run under {out / 'runs'}")
+        print(f"--report: {len(done)} of {len(jobs)} runs finished", flush=True)
+        jobs = [pair for pair, _ in done]
+        runs = [run_summary(method, job, record) for (method, job), record in done]
+        report(args, runs, methods, start)
+        return runs
     if not args.resume:
         for _, job in jobs:
             job.clear_record(out)
