@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -70,6 +71,9 @@ __all__ = [
 
 #: supported algorithms
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC}
+#: the action space an algorithm needs (SB3's own restriction), where it has one
+ACTION_SPACES: dict[str, type[gym.Space]] = {"dqn": gym.spaces.Discrete,
+                                             "sac": gym.spaces.Box}
 #: PackNet: the share of a task's steps that retrains its kept weights after pruning
 PACKNET_RETRAIN = 0.2
 #: algorithm -> (dense policy, sparse fine-tuned policy, per-task-mask policy)
@@ -445,6 +449,13 @@ def train_stream(
         raise ValueError(f"packnet must be True or False, and True needs per-task masks "
                          f"(a sparse updater, task_masks=True), got packnet={packnet!r}, "
                          f"task_masks={task_masks}")
+    if algo in ACTION_SPACES:
+        probe = spec.make(0)
+        space = probe.action_space
+        probe.close()
+        if not isinstance(space, ACTION_SPACES[algo]):
+            raise ValueError(f"algo={algo!r} needs a {ACTION_SPACES[algo].__name__} action "
+                             f"space; stream {stream!r} has {space}")
     total = spec.n_tasks if n_tasks is None else n_tasks
     if isinstance(total, bool) or not isinstance(total, int) or not 1 <= total <= spec.n_tasks:
         raise ValueError(f"n_tasks must be an integer in [1, {spec.n_tasks}] for stream "
