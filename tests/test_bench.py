@@ -453,16 +453,21 @@ def test_rl_stream_bench_reports_baselines_transfer_and_differences(tmp_path):
 
     argv = ["--stream", "cartpole-permuted", "--n-tasks", "2", "--seeds", "0", "1",
             "--steps-per-task", "256", "--eval-episodes", "1", "--curve-evals", "2",
-            "--methods", "masks", "l2", "reset", "--algo-kwargs",
+            "--methods", "masks", "l2", "reset", "reset-sparse", "--algo-kwargs",
             '{"n_envs": 2, "n_steps": 64}', "--out", str(tmp_path)]
     runs = rl_stream.run(argv)
-    assert [r["method"] for r in runs] == ["masks", "l2", "reset"] * 2
+    assert [r["method"] for r in runs] == ["masks", "l2", "reset", "reset-sparse"] * 2
     reset = [r for r in runs if r["method"] == "reset"]
     assert all(r["forward_transfer"] == 0.0 and r["plasticity"] == 1.0 for r in reset)
     assert all(math.isfinite(r["forward_transfer"]) for r in runs)
     text = (tmp_path / "table.md").read_text()
     assert "| dense, fine-tuned with L2 |" in text and "forward transfer" in text
     assert "| masks − reset |" in text  # differences with CIs (no dense run: vs reset)
+    plasticity_table = text.split("Plasticity (value right after training")[1]
+    assert "| l2 − reset |" in plasticity_table
+    # a sparse agent's plasticity also against its own architecture from scratch
+    assert "| masks − reset-sparse |" in plasticity_table
+    assert (tmp_path / "plasticity.png").stat().st_size > 0
 
 
 def test_every_evidence_sweep_expands_to_checked_jobs_on_the_test_seeds():

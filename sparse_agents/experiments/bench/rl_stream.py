@@ -40,9 +40,15 @@ METHODS: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "ewc": ("dense, fine-tuned with EWC", False, {"task_masks": False, "regularizer": "ewc"}),
     "reset": ("dense, new agent per task (from scratch)", False,
               {"task_masks": False, "reset_per_task": True}),
+    "reset-sparse": ("{updater} {sparsity:.0%}, new agent per task (from scratch)", True,
+                     {"task_masks": False, "reset_per_task": True}),
 }
 #: the from-scratch reference of forward transfer and plasticity
 REFERENCE = "reset"
+#: the baselines every method's differences are tested against (where they ran): dense
+#: fine-tuning, and training from scratch with a dense or a sparse network (a sparse
+#: fine-tuned agent's plasticity is its own architecture's from scratch, not dense's)
+BASELINES = ("dense", REFERENCE, "reset-sparse")
 
 DESCRIPTION = """\
 Benchmark: continual-RL methods through a task stream (sparse_agents.experiments.
@@ -250,36 +256,81 @@ def table(runs: list[dict], names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+#: the per-run values whose differences between methods the report tests
+CONTRASTED = {"average": "Average performance",
+              "plasticity": "Plasticity (value right after training over reset's)"}
+
+
 def contrasts(runs: list[dict]) -> str:
-    """Each method's average performance minus dense fine-tuning's (and the
-    reference's), with the 95% CI of the difference (rliable's bootstrap; Holm-corrected
-    over the contrasts against one baseline); empty without rliable."""
+    """Each method's average performance and plasticity minus each baseline's
+    (:data:`BASELINES`), with the 95% CI of the difference (rliable's bootstrap;
+    Holm-corrected over the contrasts against one baseline); empty without rliable."""
     try:
         from sparse_agents.experiments.evidence import difference, holm
     except ImportError:  # the evidence extra is not installed
         return ""
-    lines = []
-    for base in ("dense", REFERENCE):
-        b = [r["average"] for r in runs if r["method"] == base]
-        if len(b) < 2:
-            continue
-        tests = {}
-        for method in dict.fromkeys(r["method"] for r in runs):
-            a = [r["average"] for r in runs if r["method"] == method]
-            if method != base and len(a) >= 2:
-                tests[method] = difference(a, b)
-        for method, interval in holm(tests).items():
-            lines.append(f"| {method} − {base} | {interval.fmt(2)} | {interval.p:.3f} | "
-                         f"{'yes' if interval.holds else 'no'} |")
-    if not lines:
-        return ""
-    return ("\n\nAverage performance, differences (95% CI, Holm-adjusted p over the "
-            "contrasts against one baseline):\n\n| contrast | difference [95% CI] | p (Holm) "
-            "| CI excludes 0 |\n|---|---|---|---|\n" + "\n".join(lines))
+
+    def values(method: str, key: str) -> list[float]:
+        return [r[key] for r in runs if r["method"] == method and math.isfinite(r[key])]
+
+    out = ""
+    for key, title in CONTRASTED.items():
+        lines = []
+        for base in BASELINES:
+            b = values(base, key)
+            if len(b) < 2:
+                continue
+            tests = {}
+            for method in dict.fromkeys(r["method"] for r in runs):
+                a = values(method, key)
+                if method != base and len(a) >= 2:
+                    tests[method] = difference(a, b)
+            for method, interval in holm(tests).items():
+                lines.append(f"| {method} − {base} | {interval.fmt(2)} | {interval.p:.3f} "
+                             f"| {'yes' if interval.holds else 'no'} |")
+        if lines:
+            out += (f"\n\n{title}, differences (95% CI, Holm-adjusted p over the contrasts "
+                    "against one baseline):\n\n| contrast | difference [95% CI] | p (Holm) "
+                    "| holds (Holm p < 0.05, CI excludes 0) |\n|---|---|---|---|\n"
+                    + "\n".join(lines))
+    return out
+
+
+def plot_stream(runs: list[dict], names: dict[str, str], path: Path) -> None:
+    """``path`` (PNG): per method, mean over seeds of each task's value right after
+    training relative to the from-scratch agent's (where reset ran), and the dormant
+    fraction after each task, against the task index."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = {r["seed"]: _diagonal(r) for r in runs if r["method"] == REFERENCE}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for method, label in names.items():
+        rs = [r for r in runs if r["method"] == method]
+        ratios = [[d / b if b else math.nan for d, b in zip(_diagonal(r), ref[r["seed"]],
+                                                           strict=True)]
+                  for r in rs if r["seed"] in ref]
+        if ratios:
+            left.plot(np.nanmean(ratios, axis=0), marker=".", label=label)
+        dormant = [r["dormant_fraction"] for r in rs if r.get("dormant_fraction")]
+        if dormant:
+            right.plot(np.mean(dormant, axis=0), marker=".", label=label)
+    left.axhline(1.0, color="grey", lw=0.8, ls="--")
+    left.set(xlabel="task", ylabel="value after training / reset's",
+             title="plasticity (mean over seeds)")
+    right.set(xlabel="task", ylabel="dormant fraction (ReDo, tau 0.025)",
+              title="dormant neurons after each task")
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def report(args, runs: list[dict], methods: list[str], start: float) -> str:
-    """The table on the terminal and in OUT/table.md, the runs in OUT/results.json."""
+    """The table on the terminal and in OUT/table.md, the runs in OUT/results.json, the
+    plasticity and dormant curves in OUT/plasticity.png."""
     import envs
 
     names = {m: METHODS[m][0].format(updater=args.updater, sparsity=args.sparsity)
@@ -302,6 +353,7 @@ def report(args, runs: list[dict], methods: list[str], start: float) -> str:
     (out / "table.md").write_text(header + "\n\n" + text + "\n")
     (out / "results.json").write_text(json.dumps({"args": vars(args), "runs": runs},
                                                  indent=2))
+    plot_stream(runs, names, out / "plasticity.png")
     return text
 
 
