@@ -467,6 +467,7 @@ def test_rl_stream_bench_reports_baselines_transfer_and_differences(tmp_path):
     assert "| l2 − reset |" in plasticity_table
     # a sparse agent's plasticity also against its own architecture from scratch
     assert "| masks − reset-sparse |" in plasticity_table
+    assert "| reset-sparse − reset |" in text and "| reset − reset-sparse |" not in text
     assert (tmp_path / "plasticity.png").stat().st_size > 0
 
 
