@@ -46,9 +46,10 @@ METHODS: dict[str, tuple[str, bool, dict[str, Any]]] = {
 #: the from-scratch reference of forward transfer and plasticity
 REFERENCE = "reset"
 #: the baselines every method's differences are tested against (where they ran): dense
-#: fine-tuning, and training from scratch with a dense or a sparse network (a sparse
-#: fine-tuned agent's plasticity is its own architecture's from scratch, not dense's)
-BASELINES = ("dense", REFERENCE, "reset-sparse")
+#: fine-tuning, training from scratch with a dense or a sparse network (a sparse
+#: fine-tuned agent's plasticity is its own architecture's from scratch, not dense's),
+#: and PackNet (Continual World's best method)
+BASELINES = ("dense", REFERENCE, "reset-sparse", "packnet")
 
 DESCRIPTION = """\
 Benchmark: continual-RL methods through a task stream (sparse_agents.experiments.
