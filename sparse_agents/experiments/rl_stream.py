@@ -47,7 +47,11 @@ from sparse_agents.sb3.policies import (
     SparseDQNPolicy,
     SparseSACPolicy,
 )
-from sparse_agents.sb3.task_offpolicy import TaskMaskDQNPolicy, TaskMaskSACPolicy
+from sparse_agents.sb3.task_offpolicy import (
+    TaskMaskDQNPolicy,
+    TaskMaskSACPolicy,
+    clear_replay_buffer,
+)
 from sparse_agents.sb3.task_offpolicy import start_task as start_mask_task
 from sparse_agents.sb3.task_policy import (
     TASK_MASK_DEFAULTS,
@@ -349,9 +353,7 @@ def _train_task(agent: _Agent, envs_: _StreamEnvs, task_id: int, steps: int, *,
         if reset_optimizer:
             for _, opt in policy_optimizers(model.policy):
                 opt.state.clear()
-        buffer = getattr(model, "replay_buffer", None)
-        if buffer is not None and not keep_buffer:
-            buffer.reset()
+        clear_replay_buffer(model, keep_buffer)
     model.set_env(envs_.train(task_id))
     callback = None
     if curve_evals:
@@ -477,7 +479,7 @@ def train_stream(
                            policy_kwargs=dict(pkw) or None, **hyper)
 
     agent = _Agent(build, regularizer, reg_coef)
-    metric = getattr(spec, "metric", "return")
+    metric = spec.metric
     config = {"stream": stream, "algo": algo, "updater": updater, "sparsity": sparsity,
               "distribution": distribution, "task_masks": task_masks,
               "steps_per_task": steps_per_task, "seed": seed, "n_tasks": total,

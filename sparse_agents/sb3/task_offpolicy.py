@@ -32,7 +32,7 @@ from sparse_agents.task_masks import OWNER_BUFFER, TaskMasks
 from sparse_agents.topology import MASK_BUFFER
 
 __all__ = ["TaskExploration", "TaskMaskDQNPolicy", "TaskMaskOffPolicyMixin",
-           "TaskMaskSACPolicy", "TaskTarget", "start_task"]
+           "TaskMaskSACPolicy", "TaskTarget", "clear_replay_buffer", "start_task"]
 
 
 def _gone() -> None:
@@ -228,6 +228,14 @@ class TaskExploration:
         return self.base(min(1.0, relative))
 
 
+def clear_replay_buffer(model: BaseAlgorithm, keep_buffer: bool = False) -> None:
+    """Empty ``model.replay_buffer`` (SB3's ``reset()``) unless ``keep_buffer``: a new
+    task learns from its own transitions only. Nothing for an on-policy model."""
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is not None and not keep_buffer:
+        buffer.reset()
+
+
 def start_task(model: BaseAlgorithm, task_id: int, *, keep_buffer: bool = False,
                reset_optimizer: bool = True, restart_exploration: bool = True,
                claim: str = "budget") -> None:
@@ -255,9 +263,7 @@ def start_task(model: BaseAlgorithm, task_id: int, *, keep_buffer: bool = False,
                          "(TaskMaskDQNPolicy, TaskMaskSACPolicy, TaskMaskActorCriticPolicy), "
                          f"got {type(policy).__name__}")
     policy.start_task(task_id, reset_optimizer=reset_optimizer, claim=claim)
-    buffer = getattr(model, "replay_buffer", None)
-    if buffer is not None and not keep_buffer:
-        buffer.reset()
+    clear_replay_buffer(model, keep_buffer)
     schedule = getattr(model, "exploration_schedule", None)
     if restart_exploration and schedule is not None:
         base = schedule.base if isinstance(schedule, TaskExploration) else schedule

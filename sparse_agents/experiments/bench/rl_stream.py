@@ -68,8 +68,10 @@ store). Writes OUT/table.md and OUT/results.json:
   plasticity           (with reset) each task's value right after training it over the
                        from-scratch agent's, mean over the last half of the stream
   dormant              the dormant-neuron fraction after the last task
-Differences to dense fine-tuning (and to the reference) come with their 95% CIs
-(sparse_agents.experiments.evidence) when rliable is installed. Re-running retrains every
+Differences of average performance and plasticity to dense fine-tuning, reset,
+reset-sparse and packnet (those that ran) come with their 95% CIs, Holm-corrected per
+baseline (sparse_agents.experiments.evidence), when rliable is installed; OUT/plasticity.png
+draws the per-task plasticity and the dormant fraction. Re-running retrains every
 run and overwrites; with --resume, finished runs are skipped. Methods (--methods):
 """ + "\n".join(f"  {name:<13}{label.format(updater='UPDATER', sparsity=0.9)}"
                 for name, (label, _, _) in METHODS.items())
@@ -206,12 +208,15 @@ def forward_transfer(auc: list[float], reference: list[float], success: bool) ->
     return float(np.nanmean(out)) if any(np.isfinite(out)) else math.nan
 
 
+def task_plasticity(diagonal: list[float], reference: list[float]) -> list[float]:
+    """Per task: its value right after training over the from-scratch agent's (NaN
+    where the reference is 0)."""
+    return [d / r if r else math.nan for d, r in zip(diagonal, reference, strict=True)]
+
+
 def plasticity(diagonal: list[float], reference: list[float]) -> float:
-    """Each task's value right after training it over the from-scratch agent's, mean
-    over the second half of the stream (NaN where the reference is 0)."""
-    half = len(diagonal) // 2
-    ratios = [d / r if r else math.nan
-              for d, r in zip(diagonal[half:], reference[half:], strict=True)]
+    """:func:`task_plasticity`, mean over the second half of the stream."""
+    ratios = task_plasticity(diagonal, reference)[len(diagonal) // 2:]
     return float(np.nanmean(ratios)) if any(np.isfinite(ratios)) else math.nan
 
 
@@ -310,8 +315,7 @@ def plot_stream(runs: list[dict], names: dict[str, str], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for method, label in names.items():
         rs = [r for r in runs if r["method"] == method]
-        ratios = [[d / b if b else math.nan for d, b in zip(_diagonal(r), ref[r["seed"]],
-                                                           strict=True)]
+        ratios = [task_plasticity(_diagonal(r), ref[r["seed"]])
                   for r in rs if r["seed"] in ref]
         if ratios:
             left.plot(np.nanmean(ratios, axis=0), marker=".", label=label)
