@@ -16,7 +16,7 @@ layer. See docs/metrics.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -114,6 +114,23 @@ class DormantTracker:
             total += means.numel()
         out["dormant_fraction"] = dormant / total if total else float("nan")
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """What :meth:`metrics` and the recording schedule depend on (a checkpoint)."""
+        return {"means": {k: v.clone() for k, v in self._means.items()},
+                "inputs": sorted(self._inputs), "ticks": self._ticks,
+                "armed": dict(self._armed)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a tracker on the same layers."""
+        unknown = (set(state["means"]) | set(state["armed"])) - set(self._names)
+        if unknown:
+            raise ValueError(f"state names layers this tracker does not track: "
+                             f"{sorted(unknown)}")
+        self._means = {k: v.clone() for k, v in state["means"].items()}
+        self._inputs = set(state["inputs"])
+        self._ticks = int(state["ticks"])
+        self._armed = {**dict.fromkeys(self._names, True), **state["armed"]}
 
     def remove(self) -> None:
         """Remove the hooks."""

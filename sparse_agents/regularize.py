@@ -13,7 +13,8 @@ See docs/continual_rl.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,6 +97,34 @@ class Consolidation:
                 d = d * self.fisher[i]
             total += float(d.sum())
         return 0.5 * self.coef * total
+
+    def state_dict(self) -> dict[str, Any]:
+        """Anchor, Fisher sums and the running estimate (a checkpoint between tasks)."""
+
+        def copy(ts: list[Tensor] | None) -> list[Tensor] | None:
+            return None if ts is None else [t.detach().clone() for t in ts]
+        return {"kind": self.kind, "anchor": copy(self.anchor), "fisher": copy(self.fisher),
+                "grad_sq": copy(self._grad_sq), "steps": self._steps}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a consolidation of the same kind over
+        parameters of the same shapes."""
+        if state["kind"] != self.kind:
+            raise ValueError(f"state is of a {state['kind']!r} consolidation, this one is "
+                             f"{self.kind!r}")
+        shapes = [tuple(p.shape) for p in self.params]
+        for key in ("anchor", "fisher", "grad_sq"):
+            ts = state[key]
+            if ts and [tuple(t.shape) for t in ts] != shapes:
+                raise ValueError(f"state[{key!r}] does not match the parameters' shapes")
+
+        def own(ts: list[Tensor] | None) -> list[Tensor] | None:
+            return None if ts is None else [t.to(p.device).clone()
+                                            for t, p in zip(ts, self.params, strict=True)]
+        self.anchor, self.fisher = own(state["anchor"]), own(state["fisher"])
+        self._grad_sq = own(state["grad_sq"]) or []
+        self._steps = int(state["steps"])
 
     def remove(self) -> None:
         """Remove the hooks."""

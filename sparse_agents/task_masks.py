@@ -101,13 +101,16 @@ def _check_task_id(task_id: object) -> int:
 class _TaskState(nn.Module):
     """Child module of the model: task list, per-task state and the selected view.
 
-    Only ``task_ids`` and ``snapshots`` are saved (as extra state); the view fields
-    describe what is installed in the model right now.
+    Saved (as extra state): ``task_ids``, ``snapshots``, the task in progress and the
+    state of ``generator`` (the topology's, which draws each new task's mask: a model
+    loaded between tasks draws the next mask an uninterrupted one draws); the view
+    fields describe what is installed in the model right now.
     """
 
-    def __init__(self, transfer: bool) -> None:
+    def __init__(self, transfer: bool, generator: torch.Generator) -> None:
         super().__init__()
         self.transfer = bool(transfer)
+        self.generator = generator
         self.task_ids: list[int] = []
         self.snapshots: list[dict[str, Tensor]] = []
         self.in_progress: int | None = None  # the task training (its mask: weight_mask)
@@ -118,9 +121,9 @@ class _TaskState(nn.Module):
         self.loads = 0
 
     def get_extra_state(self) -> dict:
-        return {"version": 1, "transfer": self.transfer, "task_ids": list(self.task_ids),
+        return {"version": 2, "transfer": self.transfer, "task_ids": list(self.task_ids),
                 "snapshots": [dict(s) for s in self.snapshots],
-                "in_progress": self.in_progress}
+                "in_progress": self.in_progress, "generator": self.generator.get_state()}
 
     def set_extra_state(self, state: Mapping) -> None:
         if not isinstance(state, Mapping) or "task_ids" not in state:
@@ -134,6 +137,8 @@ class _TaskState(nn.Module):
         self.snapshots = [dict(s) for s in state["snapshots"]]
         training = state.get("in_progress")
         self.in_progress = None if training is None else int(training)
+        if "generator" in state:  # version 1 states have none: the generator goes on
+            self.generator.set_state(state["generator"])
         # the loaded weights and state are the full ones: nothing is hidden any more
         self.view, self.visible, self.hidden, self.live = None, {}, {}, None
         self.loads += 1
@@ -292,7 +297,7 @@ class TaskMasks:
                 OWNER_BUFFER, torch.full(layer.weight.shape, FREE, dtype=torch.int16,
                                          device=layer.weight.device))
         self.budgets: dict[str, int] = {x.name: x.budget for x in self.layers}
-        self.state = _TaskState(transfer)
+        self.state = _TaskState(transfer, self.topology.generator)
         # on the first masked layer, whose forward never iterates its children (a child
         # of the model itself would break nn.Sequential)
         self.layers[0].module.add_module(STATE_MODULE, self.state)

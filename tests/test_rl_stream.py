@@ -13,6 +13,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import envs
+from sparse_agents.experiments.rl_stream import checkpointed_tasks
 from sparse_agents.sb3 import SparseActorCriticPolicy
 from sparse_agents.sb3.continual import DENSE_INPUT, TaskMaskActorCriticPolicy, train_stream
 
@@ -251,3 +252,52 @@ def test_packnet_through_the_runner_holds_each_tasks_budget_and_forgets_nothing(
     assert result.density["used"] == pytest.approx(0.5, abs=0.02)  # two budgets of 25%
     with pytest.raises(ValueError, match="packnet"):
         train_stream("cartpole-permuted", updater="dense", packnet=True, steps_per_task=8)
+
+
+class _Killed(Exception):
+    """Stands for a job killed after a task's evaluation, before its checkpoint."""
+
+
+@pytest.mark.parametrize(("algo", "stream", "kwargs"), [
+    # per-task masks: the next task's mask is drawn by the loaded topology's generator
+    ("ppo", "cartpole-permuted", {"updater": "srigl", "algo_kwargs": {"n_envs": 2,
+                                                                      "n_steps": 64}}),
+    # random actions before learning_starts come from the action space's generator
+    ("dqn", "cartpole-permuted", {"updater": "srigl", "task_masks": False,
+                                  "algo_kwargs": {"learning_starts": 100, "train_freq": 4}}),
+    # the EWC anchor and Fisher sums, and a replay buffer kept across tasks
+    ("sac", "pendulum-physics", {"updater": "dense", "regularizer": "ewc", "keep_buffer": True,
+                                 "algo_kwargs": {"learning_starts": 100}}),
+])
+def test_stream_resumed_from_its_checkpoint_matches_the_uninterrupted_run(tmp_path, algo,
+                                                                          stream, kwargs):
+    common = dict(algo=algo, steps_per_task=256, n_tasks=3, eval_episodes=2, curve_evals=2,
+                  policy_kwargs={"net_arch": [32, 32]}, **kwargs)
+    whole = train_stream(stream, **common).summary()
+
+    def kill(task, _):
+        if task == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_stream(stream, checkpoint=tmp_path, on_task_end=kill, **common)
+    assert checkpointed_tasks(tmp_path) == 1
+    trained: list[int] = []
+    resumed = train_stream(stream, checkpoint=tmp_path,
+                           on_task_end=lambda task, _: trained.append(task), **common)
+    assert trained == [1, 2] and checkpointed_tasks(tmp_path) == 3
+    summary = resumed.summary()
+    for key, value in whole.items():
+        if key != "train_seconds":
+            assert summary[key] == value, key
+    again = train_stream(stream, checkpoint=tmp_path,
+                         on_task_end=lambda task, _: trained.append(task), **common)
+    assert trained == [1, 2] and again.summary()["return_matrix"] == whole["return_matrix"]
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path):
+    common = dict(updater="srigl", steps_per_task=64, n_tasks=1, eval_episodes=1,
+                  algo_kwargs={"n_envs": 2, "n_steps": 32}, checkpoint=tmp_path)
+    train_stream("cartpole-permuted", **common)
+    with pytest.raises(ValueError, match=r"other settings .*seed: 0 there, 1 here"):
+        train_stream("cartpole-permuted", seed=1, **common)

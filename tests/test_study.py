@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 
 from sparse_agents.distributions import METHODS
+from sparse_agents.experiments.rl_stream import checkpointed_tasks
 from sparse_agents.study import aggregate, expand_grid, load_results, run_study
 from sparse_agents.study.cli import build_parser, main
 from sparse_agents.study.grid import Job, load_grid_file
 from sparse_agents.study.report import best_updater, compare, seed_verdict, summary_text
+from sparse_agents.study.runner import execute, store
 from sparse_agents.study.store import write_json_atomic
 from sparse_agents.study.workloads import run_cl, run_rl_stream
 from sparse_agents.updaters import updater_names
@@ -236,6 +238,18 @@ def test_rl_stream_workload():
     assert {"final_return_task0", "final_return_task1", "forgetting"} <= set(out)
     assert out["forgetting"] == pytest.approx(0.0, abs=1e-9)  # per-task masks
     assert all(isinstance(v, float) for v in out["masks"].values())
+
+
+def test_a_stream_job_checkpoints_in_its_scratch_folder_which_goes_once_it_is_ok(tmp_path):
+    settings = {"steps_per_task": 64, "n_tasks": 2, "eval_episodes": 1,
+                "algo_kwargs": {"n_envs": 2, "n_steps": 32}}
+    job = Job("rlstream:cartpole-permuted", "erk", 0.8, "srigl", 0, settings)
+    record = execute(job, tmp_path)
+    assert record["status"] == "ok", record["error"]
+    assert checkpointed_tasks(job.scratch(tmp_path)) == 2  # a killed job resumes from it
+    store(job, tmp_path, record)
+    assert job.read_record(tmp_path)["status"] == "ok"
+    assert not job.scratch(tmp_path).exists()
 
 
 def test_cli_choices_come_from_the_registries():

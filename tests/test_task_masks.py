@@ -324,6 +324,24 @@ def test_save_load_round_trip(kind):
         assert torch.equal(fresh(data(kind, 1)[0]), outs[1])
 
 
+def test_a_model_loaded_between_tasks_draws_the_next_mask_the_uninterrupted_one_draws():
+    """The topology's generator (which draws each new task's mask) is in the saved
+    state: a model built with another seed and loaded between tasks claims the same
+    weights for the next task as the model that was never saved."""
+    kwargs = dict(sparsity=0.75, updater="rigl", n_tasks=4, delta_t=2, dense_layers=["4"])
+    model = mlp()
+    tm = TaskMasks(model, **kwargs)
+    train_tasks(model, tm, [0])
+    fresh = mlp(seed=5)
+    tm2 = TaskMasks(fresh, **kwargs, seed=5)
+    fresh.load_state_dict(model.state_dict())
+    opt, opt2 = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, fresh))
+    tm.start_task(1, opt)
+    tm2.start_task(1, opt2)
+    for a, b in zip(tm.layers, tm2.layers, strict=True):
+        assert torch.equal(a.mask, b.mask), a.name
+
+
 def test_checkpoint_from_plain_model_is_refused():
     model = mlp()
     sd = model.state_dict()

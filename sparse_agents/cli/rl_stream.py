@@ -26,7 +26,8 @@ from sparse_agents.updaters import updater_names
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sparse-rl-stream", description=__doc__.split("\n\n")[0],
-        epilog="Each run starts from scratch and overwrites the files in --out.")
+        epilog="Each run starts from scratch (or from --checkpoint) and overwrites the "
+               "files in --out.")
     p.add_argument("--stream", required=True, choices=envs.list_streams())
     p.add_argument("--algo", default="ppo", choices=sorted(ALGOS))
     p.add_argument("--updater", default="srigl", choices=updater_names(dense=True))
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluations of each task while it trains (forward transfer)")
     p.add_argument("--algo-kwargs", type=json.loads, default=None,
                    help='JSON dict overriding the hyperparameters, e.g. \'{"n_envs": 4}\'')
+    p.add_argument("--checkpoint", default=None,
+                   help="folder for a checkpoint after every task; a run given a folder "
+                        "that holds one (same settings) goes on after its last task")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--verbose", type=int, default=0)
     return p
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         reset_per_task=args.reset_per_task, packnet=args.packnet,
         regularizer=args.regularizer,
         reg_coef=args.reg_coef, curve_evals=args.curve_evals,
-        algo_kwargs=args.algo_kwargs, verbose=args.verbose, on_task_end=progress)
+        algo_kwargs=args.algo_kwargs, verbose=args.verbose, on_task_end=progress,
+        checkpoint=args.checkpoint)
     paths = result.save(args.out)
     summary = result.summary()
     print(f"final {summary['metric']}: {[round(x, 2) for x in summary['final_returns']]}")

@@ -7,12 +7,18 @@ from scratch, the reference of forward transfer and plasticity). See docs/contin
 
 >>> result = train_stream("cartpole-physics", algo="ppo", updater="srigl", sparsity=0.9)
 >>> result.save("runs/ppo_srigl")   # return_matrix.csv, summary.json, return_matrix.png
+
+With ``checkpoint=folder``, the run is saved after every task and a run started again
+with the same folder and settings resumes after its last finished task, with the same
+result as a run that was never stopped.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
@@ -37,7 +44,7 @@ from sparse_agents.experiments.hyperparams import (
     resolve_schedules,
     zoo_hyperparameters,
 )
-from sparse_agents.experiments.results import matrix_rows, write_matrix_outputs
+from sparse_agents.experiments.results import matrix_rows, write_atomic, write_matrix_outputs
 from sparse_agents.experiments.rl import evaluation_callback
 from sparse_agents.regularize import REGULARIZERS, Consolidation
 from sparse_agents.sb3.extractors import MinAtarCNN
@@ -63,6 +70,8 @@ from sparse_agents.updaters import DENSE, get_updater, updater_names
 
 __all__ = [
     "ALGOS",
+    "CHECKPOINT_INDEX",
+    "checkpointed_tasks",
     "DENSE_INPUT",
     "STREAM_ENVS",
     "TASK_MASK_DEFAULTS",
@@ -78,6 +87,9 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sa
 #: the action space an algorithm needs (SB3's own restriction), where it has one
 ACTION_SPACES: dict[str, type[gym.Space]] = {"dqn": gym.spaces.Discrete,
                                              "sac": gym.spaces.Box}
+#: the index of a stream checkpoint folder: its last finished task, the folder holding
+#: that task's state and the run's settings
+CHECKPOINT_INDEX = "latest.json"
 #: PackNet: the share of a task's steps that retrains its kept weights after pruning
 PACKNET_RETRAIN = 0.2
 #: algorithm -> (dense policy, sparse fine-tuned policy, per-task-mask policy)
@@ -336,6 +348,114 @@ class _Agent:
                         if regularizer else None)
 
 
+def _rng_state() -> dict[str, Any]:
+    """The global random states a run draws from (torch, NumPy, Python; CUDA if any)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Checkpoint:
+    """A stream run's checkpoint folder. After task ``t``, ``task<t>/`` holds the model
+    (SB3's zip, and its replay buffer with ``keep_buffer``), the result so far, the
+    global random states and the action space's, and the dormant tracker's and
+    penalty's state; then
+    :data:`CHECKPOINT_INDEX` names it (written atomically) and the previous task's
+    folder is removed, so a run killed at any point resumes after its last finished
+    task."""
+
+    def __init__(self, folder: str | Path, config: Mapping[str, Any], keep_buffer: bool
+                 ) -> None:
+        self.folder = Path(folder)
+        self.config = json.loads(json.dumps(config))  # as it reads back from the index
+        self.keep_buffer = keep_buffer
+
+    def last_task(self) -> int:
+        """The last finished task (-1: none yet); refuses another run's checkpoint."""
+        index = self.folder / CHECKPOINT_INDEX
+        if not index.exists():
+            return -1
+        saved = json.loads(index.read_text())
+        theirs = saved["config"]
+        differ = [f"{k}: {theirs.get(k)!r} there, {self.config.get(k)!r} here"
+                  for k in sorted(set(theirs) | set(self.config))
+                  if theirs.get(k) != self.config.get(k)]
+        if differ:
+            raise ValueError(f"checkpoint {str(self.folder)!r} holds a run with other "
+                             f"settings ({'; '.join(differ)}): pass another checkpoint "
+                             "folder or remove this one")
+        return int(saved["task"])
+
+    def _task_folder(self) -> Path:
+        return self.folder / json.loads((self.folder / CHECKPOINT_INDEX).read_text())["folder"]
+
+    def load_model(self, cls: type[BaseAlgorithm]) -> BaseAlgorithm:
+        """The model as it was after the last finished task."""
+        folder = self._task_folder()
+        model = cls.load(folder / "model.zip")
+        if (folder / "replay_buffer.pkl").exists():
+            model.load_replay_buffer(folder / "replay_buffer.pkl")
+        return model
+
+    def restore(self, agent: _Agent, result: StreamResult) -> None:
+        """Fill ``result`` with the finished tasks and set the agent's watchers and the
+        random states as they were after the last finished task."""
+        state = torch.load(self._task_folder() / "state.pt", weights_only=False)
+        done = state["result"]
+        n = len(done["train_seconds"])
+        result.returns[:n], result.return_stds[:n] = done["returns"], done["return_stds"]
+        result.train_seconds[:] = done["train_seconds"]
+        result.curves[:] = [[tuple(row) for row in c] for c in done["curves"]]
+        result.dormant[:] = done["dormant"]
+        # SB3's load re-seeds the action space (its random actions before learning_starts)
+        agent.model.action_space.np_random.bit_generator.state = state["action_space"]
+        agent.dormant.load_state_dict(state["dormant"])
+        if agent.penalty is not None:
+            agent.penalty.load_state_dict(state["penalty"])
+        _set_rng_state(state["rng"])
+
+    def save(self, t: int, agent: _Agent, result: StreamResult) -> None:
+        """Checkpoint the run after task ``t``."""
+        folder = self.folder / f"task{t}"
+        if folder.exists():  # a run killed while writing it
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        agent.model.save(folder / "model.zip")
+        if self.keep_buffer and getattr(agent.model, "replay_buffer", None) is not None:
+            agent.model.save_replay_buffer(folder / "replay_buffer.pkl")
+        n = t + 1
+        torch.save({"result": {"returns": result.returns[:n].copy(),
+                               "return_stds": result.return_stds[:n].copy(),
+                               "train_seconds": list(result.train_seconds),
+                               "curves": [list(c) for c in result.curves],
+                               "dormant": list(result.dormant)},
+                    "rng": _rng_state(), "dormant": agent.dormant.state_dict(),
+                    "action_space": agent.model.action_space.np_random.bit_generator.state,
+                    "penalty": agent.penalty.state_dict() if agent.penalty else None},
+                   folder / "state.pt")
+        write_atomic(self.folder / CHECKPOINT_INDEX, json.dumps(
+            {"task": t, "folder": folder.name, "config": self.config}, indent=1))
+        for old in self.folder.glob("task*"):
+            if old != folder:
+                shutil.rmtree(old)
+
+
+def checkpointed_tasks(folder: str | Path) -> int:
+    """How many tasks the stream checkpoint in ``folder`` holds (0: none)."""
+    index = Path(folder) / CHECKPOINT_INDEX
+    return int(json.loads(index.read_text())["task"]) + 1 if index.exists() else 0
+
+
 def _train_task(agent: _Agent, envs_: _StreamEnvs, task_id: int, steps: int, *,
                 task_masks: bool, reset_optimizer: bool, keep_buffer: bool,
                 curve: list, curve_evals: int, eval_episodes: int, metric: str,
@@ -405,6 +525,7 @@ def train_stream(
     policy_kwargs: Mapping[str, Any] | None = None,
     verbose: int = 0,
     on_task_end: Callable[[int, StreamResult], None] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> StreamResult:
     """Train one SB3 agent through ``stream``'s tasks; evaluate after each task.
 
@@ -442,7 +563,14 @@ def train_stream(
         algo_kwargs: override :func:`default_hyperparameters` (``n_envs`` included).
         policy_kwargs: more policy options (``net_arch``, ``delta_t``, ...).
         verbose: SB3 verbosity.
-        on_task_end: called after every task's evaluation with the partial result.
+        on_task_end: called after every task's evaluation with the partial result (for
+            the tasks this call trains).
+        checkpoint: a folder: the run is saved there after every task, and a run given
+            a folder that holds a checkpoint of the same settings resumes after its last
+            finished task (a ``ValueError`` for other settings). The result is the one
+            an uninterrupted run gets: the global random states, the replay buffer
+            (``keep_buffer``), the penalty and the dormant tracker are saved with the
+            model.
     """
     spec = envs.get_stream(stream)
     task_masks = _check_args(algo, updater, sparsity, task_masks, steps_per_task,
@@ -478,7 +606,6 @@ def train_stream(
         return ALGOS[algo](policy, envs_.train(0), seed=seed, verbose=verbose,
                            policy_kwargs=dict(pkw) or None, **hyper)
 
-    agent = _Agent(build, regularizer, reg_coef)
     metric = spec.metric
     config = {"stream": stream, "algo": algo, "updater": updater, "sparsity": sparsity,
               "distribution": distribution, "task_masks": task_masks,
@@ -492,12 +619,22 @@ def train_stream(
               "n_envs": envs_.n_envs,
               "algo_kwargs": {k: v for k, v in hyper.items() if _jsonable(v)},
               "policy_kwargs": {k: v for k, v in pkw.items() if _jsonable(v)}}
+    saver = _Checkpoint(checkpoint, config, keep_buffer) if checkpoint is not None else None
+    done = saver.last_task() if saver is not None else -1
+    if done >= 0 and not reset_per_task:
+        agent = _Agent(lambda: saver.load_model(ALGOS[algo]), regularizer, reg_coef)
+    else:  # a run from scratch trains a new agent for every task: nothing to load
+        agent = _Agent(build, regularizer, reg_coef)
     result = StreamResult(config, [spec.describe(t) for t in range(total)],
                           np.full((total, total), np.nan), np.full((total, total), np.nan),
                           [], model=agent.model)
-    for t in range(total):
+    if saver is not None and done >= 0:
+        saver.restore(agent, result)
+    for t in range(done + 1, total):
         if reset_per_task and t > 0:
-            agent.model.get_env().close()
+            env = agent.model.get_env()
+            if env is not None:
+                env.close()
             agent = _Agent(build, None, reg_coef)
             result.model = agent.model
         curve: list = []
@@ -521,6 +658,8 @@ def train_stream(
                 result.return_stds[t, j] = result.return_stds[j, j]
         if on_task_end is not None:
             on_task_end(t, result)
+        if saver is not None:
+            saver.save(t, agent, result)
     result.density = _density(agent.model.policy, task_masks)
     return result
 

@@ -83,6 +83,11 @@ class Job:
         """The stored record (``None``: none, or an unreadable one)."""
         return read_result(out, self.job_id)
 
+    def scratch(self, out: Path) -> Path:
+        """The job's own folder under ``out`` for what it keeps between attempts (a
+        stream run's checkpoint); the runner removes it once the job's record is ok."""
+        return Path(out) / "checkpoints" / self.job_id
+
     def write_record(self, out: Path, record: dict) -> None:
         """Store ``record`` atomically."""
         write_json_atomic(result_path(out, self.job_id), record)

@@ -4,8 +4,11 @@ Every finished job writes its record atomically (a grid point ``<out>/runs/<job_
 an RL benchmark run its folder's ``summary.json``); a re-run skips the jobs whose record
 says ``ok``. A job that raises is recorded as ``failed`` with its traceback; a job whose
 process dies (killed, out of memory) is recorded as ``failed`` with its exit code. Neither
-stops the other jobs. The one engine of every sweep: the study CLI and the RL benchmarks
-(``scripts/bench_rl*.py``) expand their grids into jobs and call :func:`run_study`.
+stops the other jobs. A grid point keeps what it needs between attempts in
+``<out>/checkpoints/<job_id>`` (a stream run's per-task checkpoint, so a killed stream
+resumes after its last finished task), removed once its record says ``ok``. The one
+engine of every sweep: the study CLI and the RL benchmarks (``scripts/bench_rl*.py``)
+expand their grids into jobs and call :func:`run_study`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import time
 import traceback
 from collections.abc import Sequence
@@ -43,7 +47,7 @@ def work(job: StudyJob, out: Path) -> dict:
     """``job``'s metrics: its workload's function for a grid point, its own ``run_in(out)``
     for a job that trains into files (an RL benchmark run)."""
     if isinstance(job, Job):
-        return resolve(job.workload)(job)
+        return resolve(job.workload)(job, job.scratch(Path(out)))
     return job.run_in(Path(out))
 
 
@@ -65,8 +69,15 @@ def execute(job: StudyJob, out: str | Path = ".") -> dict:
     return record
 
 
+def store(job: StudyJob, out: Path, record: dict) -> None:
+    """Write ``job``'s record; once it is ``ok``, the job's scratch folder goes."""
+    job.write_record(out, record)
+    if record["status"] == "ok" and isinstance(job, Job):
+        shutil.rmtree(job.scratch(out), ignore_errors=True)
+
+
 def _child(job: StudyJob, out: str) -> None:
-    job.write_record(Path(out), execute(job, out))
+    store(job, Path(out), execute(job, out))
 
 
 def _failed(job: StudyJob, error: str) -> dict:
@@ -125,7 +136,7 @@ def _run_ray(jobs: Sequence[StudyJob], out: Path, workers: int, address: str | N
                 record = _failed(job, f"ray task failed: {err!r}")
             # The driver writes the record, so grid points need no shared file system
             # (an RL benchmark run's model and curves stay where its worker ran).
-            job.write_record(out, record)
+            store(job, out, record)
             progress.advance(task)
 
 

@@ -1,10 +1,15 @@
 """Workloads a study can run (``digits``, ``cl:<stream>``, ``rl:<env id>``,
 ``rlstream:<stream>``): each maps a :class:`Job` to ``{"metric": primary value,
-"metric_name": ..., ...}`` plus a summary of the final masks under ``"masks"``."""
+"metric_name": ..., ...}`` plus a summary of the final masks under ``"masks"``. The
+second argument is the job's own folder for what it keeps between attempts
+(:meth:`Job.scratch`): a stream run's per-task checkpoint, so a job killed mid-stream
+resumes after its last finished task; the other workloads finish in one go and keep
+nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +25,7 @@ from sparse_agents.study.job import Job
 from sparse_agents.topology import SparseTopology
 from sparse_agents.updaters import DENSE
 
-Workload = Callable[[Job], dict]
+Workload = Callable[[Job, Path | None], dict]
 
 
 def mask_summary(topo: SparseTopology | None) -> dict:
@@ -41,7 +46,7 @@ def digits_split(seed: int, test_fraction: float = 0.25):
     return x[train], y[train], x[test], y[test]
 
 
-def run_digits(job: Job) -> dict:
+def run_digits(job: Job, folder: Path | None = None) -> dict:
     """A sparse MLP (64-hidden-hidden-10) on scikit-learn's digits (one task; fast,
     offline); metric: test accuracy."""
     s = job.settings
@@ -95,7 +100,7 @@ def cl_stream(workload: str) -> tuple[str, int | None]:
     return stream, int(count)
 
 
-def run_cl(job: Job) -> dict:
+def run_cl(job: Job, folder: Path | None = None) -> dict:
     """A continual-learning stream of :mod:`continual` (e.g. ``cl:split-digits``, or
     ``cl:permuted-digits:10`` for 10 tasks); metric: average accuracy after the last task.
 
@@ -133,7 +138,7 @@ def run_cl(job: Job) -> dict:
     return metrics
 
 
-def run_rl(job: Job) -> dict:
+def run_rl(job: Job, folder: Path | None = None) -> dict:
     """An SB3 agent (setting ``algo``, default PPO) with a sparse policy on a gymnasium
     env (``rl:<env id>``); metric: mean evaluation return at the end."""
     s = dict(job.settings)
@@ -152,7 +157,7 @@ def run_rl(job: Job) -> dict:
     return metrics
 
 
-def run_rl_stream(job: Job) -> dict:
+def run_rl_stream(job: Job, folder: Path | None = None) -> dict:
     """One SB3 agent through a gymnasium task stream from :mod:`envs` (e.g.
     ``rlstream:cartpole-physics``; per-task masks unless ``task_masks=false``; settings:
     ``algo``, ``steps_per_task``, ``dense_input``, ``n_tasks``, ``net_arch`` (the hidden
@@ -161,7 +166,8 @@ def run_rl_stream(job: Job) -> dict:
     ``algo_kwargs``);
     metric: the mean final value of the stream's metric over its tasks (return, or
     success rate). The record also keeps the matrix, each earlier task's forgetting, the
-    training curves' areas and the dormant-neuron fraction after each task."""
+    training curves' areas and the dormant-neuron fraction after each task. With
+    ``folder``, the run checkpoints there after every task and resumes from it."""
     s = dict(job.settings)
     sparse = job.updater != DENSE
     result = train_stream(
@@ -181,6 +187,7 @@ def run_rl_stream(job: Job) -> dict:
         curve_evals=int(s.get("curve_evals", 0)),
         algo_kwargs=s.get("algo_kwargs"),
         policy_kwargs={"net_arch": list(s["net_arch"])} if s.get("net_arch") else None,
+        checkpoint=folder,
     )
     summary = result.summary()
     metrics = {k: float(summary[k]) for k in ("average_final_return", "forgetting", "bwt")}

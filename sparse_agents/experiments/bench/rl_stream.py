@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sparse_agents.distributions import METHODS as DISTRIBUTIONS
+from sparse_agents.experiments.rl_stream import checkpointed_tasks
 from sparse_agents.intervals import mean_std
 from sparse_agents.study.job import Job
 from sparse_agents.study.runner import BACKENDS, run_study
@@ -72,7 +74,9 @@ Differences of average performance and plasticity to dense fine-tuning, reset,
 reset-sparse and packnet (those that ran) come with their 95% CIs, Holm-corrected per
 baseline (sparse_agents.experiments.evidence), when rliable is installed; OUT/plasticity.png
 draws the per-task plasticity and the dormant fraction. Re-running retrains every
-run and overwrites; with --resume, finished runs are skipped. Methods (--methods):
+run and overwrites; with --resume, finished runs are skipped and a run that was stopped
+goes on after its last finished task (its checkpoint: OUT/checkpoints/<job id>).
+Methods (--methods):
 """ + "\n".join(f"  {name:<13}{label.format(updater='UPDATER', sparsity=0.9)}"
                 for name, (label, _, _) in METHODS.items())
 
@@ -375,13 +379,18 @@ def run(argv: list[str] | None = None) -> list[dict]:
         if not done:
             raise FileNotFoundError(f"--report: no finished run under {out / 'runs'}")
         print(f"--report: {len(done)} of {len(jobs)} runs finished", flush=True)
+        for (method, job), record in pairs:
+            held = checkpointed_tasks(job.scratch(out))
+            if (record is None or record["status"] != "ok") and held:
+                print(f"  {method} seed {job.seed}: {held} task(s) checkpointed", flush=True)
         jobs = [pair for pair, _ in done]
         runs = [run_summary(method, job, record) for (method, job), record in done]
         report(args, runs, methods, start)
         return runs
-    if not args.resume:
+    if not args.resume:  # retrain: neither records nor checkpoints of earlier runs count
         for _, job in jobs:
             job.clear_record(out)
+            shutil.rmtree(job.scratch(out), ignore_errors=True)
     records = run_study([job for _, job in jobs], out, workers=args.jobs,
                         backend=args.backend, ray_address=args.ray_address)
     failed = [job.job_id for (_, job), r in zip(jobs, records, strict=True)
