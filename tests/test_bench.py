@@ -448,6 +448,19 @@ def test_continual_world_metrics_against_the_from_scratch_agent():
         pytest.approx((0.5 + 0.9) / 2)
 
 
+def test_plasticity_is_lost_where_every_later_window_of_tasks_stays_below_the_share():
+    from sparse_agents.experiments.bench.rl_stream import plasticity_lost_at
+
+    # windows of 4: [1, 0.875, 0.75, 0.625, 0.5, 0.5]: below 0.9 from task 1 on
+    assert plasticity_lost_at([[1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5]]) == 1
+    # a dip that recovers is not a loss; the mean over seeds decides
+    assert plasticity_lost_at([[1, 0.2, 0.2, 1, 1, 1, 1]]) is None
+    assert plasticity_lost_at([[1, 1, 1, 1, 0.4], [1, 1, 1, 1, 1.0]]) is None
+    assert plasticity_lost_at([[1, 1, 1, 1, 0.4], [1, 1, 1, 0.6, 0.6]]) == 1
+    assert plasticity_lost_at([[0.9] * 4]) is None  # 0.9 kept is not lost
+    assert plasticity_lost_at([[0.5] * 3]) is None  # shorter than a window
+
+
 def test_rl_stream_bench_reports_baselines_transfer_and_differences(tmp_path):
     from sparse_agents.experiments.bench import rl_stream
 

@@ -68,7 +68,9 @@ store). Writes OUT/table.md and OUT/results.json:
                        tasks: (AUC - AUC_ref) / (1 - AUC_ref) for success rates, divided
                        by |AUC_ref| for returns (CW's definition)
   plasticity           (with reset) each task's value right after training it over the
-                       from-scratch agent's, mean over the last half of the stream
+                       from-scratch agent's, mean over the last half of the stream; and
+                       the task from which its mean over seeds, averaged over every 4
+                       consecutive tasks, stays below 0.9 (where plasticity is lost)
   dormant              the dormant-neuron fraction after the last task
 Differences of average performance and plasticity to dense fine-tuning, reset,
 reset-sparse and packnet (those that ran) come with their 95% CIs, Holm-corrected per
@@ -224,6 +226,27 @@ def plasticity(diagonal: list[float], reference: list[float]) -> float:
     return float(np.nanmean(ratios)) if any(np.isfinite(ratios)) else math.nan
 
 
+#: :func:`plasticity_lost_at`: the share of from-scratch learning a method must keep
+#: (the issue's 0.9), over windows of this many consecutive tasks
+PLASTICITY_KEPT, PLASTICITY_WINDOW = 0.9, 4
+
+
+def plasticity_lost_at(ratios: list[list[float]], kept: float = PLASTICITY_KEPT,
+                       window: int = PLASTICITY_WINDOW) -> int | None:
+    """The stream length at which a method loses its plasticity: the first task from
+    which the mean over seeds of :func:`task_plasticity`, averaged over every window of
+    ``window`` consecutive tasks, stays below ``kept`` to the stream's end; ``None``
+    where the last window keeps it (or the stream is shorter than a window)."""
+    mean = np.nanmean(np.asarray(ratios, dtype=float), axis=0)
+    windows = [float(np.mean(mean[k:k + window])) for k in range(len(mean) - window + 1)]
+    lost = None
+    for k in range(len(windows) - 1, -1, -1):
+        if not windows[k] < kept:
+            break
+        lost = k
+    return lost
+
+
 def derived(runs: list[dict]) -> None:
     """Add each run's average performance and, where the reference method ran with the
     same seed, its forward transfer and plasticity (in place)."""
@@ -239,17 +262,21 @@ def derived(runs: list[dict]) -> None:
             and np.all(np.isfinite(ref_auc)) else math.nan)
         r["plasticity"] = (plasticity(_diagonal(r), _diagonal(base)) if base is not None
                            else math.nan)
+        r["task_plasticity"] = (task_plasticity(_diagonal(r), _diagonal(base))
+                                if base is not None else None)
         dormant = r.get("dormant_fraction") or [math.nan]
         r["dormant_last"] = float(dormant[-1])
 
 
 def table(runs: list[dict], names: dict[str, str]) -> str:
     """Markdown table: per method, final value per task, average performance,
-    forgetting, forward transfer, plasticity, dormant fraction."""
+    forgetting, forward transfer, plasticity, the task from which it stays below
+    :data:`PLASTICITY_KEPT` (:func:`plasticity_lost_at`), dormant fraction."""
     n = len(runs[0]["final_returns"])
     digits = 2 if runs[0]["stream_metric"] == "success" else 1
     head = (["method"] + [f"task {j}" for j in range(n)]
-            + ["average", "forgetting", "forward transfer", "plasticity", "dormant"])
+            + ["average", "forgetting", "forward transfer", "plasticity",
+               f"plasticity < {PLASTICITY_KEPT} from task", "dormant"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, label in names.items():
         rs = [r for r in runs if r["method"] == method]
@@ -260,7 +287,10 @@ def table(runs: list[dict], names: dict[str, str]) -> str:
         cells += [_fmt([r["average"] for r in rs], digits),
                   _fmt([r["forgetting"] for r in rs], digits),
                   _fmt([r["forward_transfer"] for r in rs], 2),
-                  _fmt([r["plasticity"] for r in rs], 2),
+                  _fmt([r["plasticity"] for r in rs], 2)]
+        ratios = [r["task_plasticity"] for r in rs if r.get("task_plasticity")]
+        lost = plasticity_lost_at(ratios) if ratios else None
+        cells += ["n/a" if not ratios else "never" if lost is None else str(lost),
                   _fmt([r["dormant_last"] for r in rs], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
