@@ -290,7 +290,8 @@ def table(runs: list[dict], names: dict[str, str]) -> str:
                   _fmt([r["plasticity"] for r in rs], 2)]
         ratios = [r["task_plasticity"] for r in rs if r.get("task_plasticity")]
         lost = plasticity_lost_at(ratios) if ratios else None
-        cells += ["n/a" if not ratios else "never" if lost is None else str(lost),
+        short = not ratios or len(ratios[0]) < PLASTICITY_WINDOW  # no reset, or no window
+        cells += ["n/a" if short else "never" if lost is None else str(lost),
                   _fmt([r["dormant_last"] for r in rs], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -406,13 +407,13 @@ def run(argv: list[str] | None = None) -> list[dict]:
     if args.report:  # a sweep under way: the finished runs only
         pairs = [(pair, pair[1].read_record(out)) for pair in jobs]
         done = [(pair, r) for pair, r in pairs if r is not None and r["status"] == "ok"]
-        if not done:
-            raise FileNotFoundError(f"--report: no finished run under {out / 'runs'}")
         print(f"--report: {len(done)} of {len(jobs)} runs finished", flush=True)
         for (method, job), record in pairs:
             held = checkpointed_tasks(job.scratch(out))
             if (record is None or record["status"] != "ok") and held:
                 print(f"  {method} seed {job.seed}: {held} task(s) checkpointed", flush=True)
+        if not done:
+            raise FileNotFoundError(f"--report: no finished run under {out / 'runs'}")
         jobs = [pair for pair, _ in done]
         runs = [run_summary(method, job, record) for (method, job), record in done]
         report(args, runs, methods, start)
