@@ -18,7 +18,7 @@ import torch
 
 import envs
 from sparse_agents.distributions import METHODS
-from sparse_agents.experiments.rl_stream import ALGOS, train_stream
+from sparse_agents.experiments.rl_stream import ALGOS, checkpointed_tasks, train_stream
 from sparse_agents.regularize import REGULARIZERS
 from sparse_agents.updaters import updater_names
 
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
               f"[{row}], dormant {result.dormant[task]:.3f}",
               flush=True)
 
+    if args.checkpoint and (held := checkpointed_tasks(args.checkpoint)):
+        print(f"{args.checkpoint}: {held} task(s) checkpointed; going on from there",
+              flush=True)
     result = train_stream(
         args.stream, algo=args.algo, updater=args.updater, sparsity=args.sparsity,
         distribution=args.distribution, task_masks=args.task_masks,
