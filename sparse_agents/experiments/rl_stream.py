@@ -369,10 +369,9 @@ class _Checkpoint:
     """A stream run's checkpoint folder. After task ``t``, ``task<t>/`` holds the model
     (SB3's zip, and its replay buffer with ``keep_buffer``), the result so far, the
     global random states and the action space's, and the dormant tracker's and
-    penalty's state; then
-    :data:`CHECKPOINT_INDEX` names it (written atomically) and the previous task's
-    folder is removed, so a run killed at any point resumes after its last finished
-    task."""
+    penalty's state. Then :data:`CHECKPOINT_INDEX` names it (written atomically) and
+    the previous task's folder is removed, so a run killed at any point resumes after
+    its last finished task."""
 
     def __init__(self, folder: str | Path, config: Mapping[str, Any], keep_buffer: bool
                  ) -> None:
