@@ -100,3 +100,38 @@ def test_sb3_policies_log_the_dormant_fraction_and_skip_the_sac_critics_input_la
     assert not any(k.startswith("dormant/qf0.0") for k in sac_metrics)
     assert "dormant/qf0.2" in sac_metrics
     assert DORMANT_TAU == 0.025
+
+
+def test_a_tracker_restored_from_its_state_records_as_the_original():
+    from sparse_agents.dormant import DormantTracker
+
+    def tracked(model):
+        return DormantTracker([(n, m) for n, m in model.named_children()
+                               if isinstance(m, nn.Linear)], every=3)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    tracker = tracked(model)
+    opt.register_step_post_hook(lambda *_: tracker.tick())
+    _train_steps(model, opt, n=4)  # 4 ticks: due again after 2 more
+    twin = copy.deepcopy(model)
+    restored = tracked(twin)
+    restored.load_state_dict(tracker.state_dict())
+    assert restored.metrics() == tracker.metrics()
+    opt2 = torch.optim.SGD(twin.parameters(), lr=1e-3)
+    opt2.register_step_post_hook(lambda *_: restored.tick())
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(2)) * 5
+    for net, o in ((model, opt), (twin, opt2)):
+        for _ in range(4):  # recorded again at the forward after tick 6, in both
+            o.zero_grad()
+            net(x).pow(2).sum().backward()
+            o.step()
+    ours, theirs = restored.state_dict(), tracker.state_dict()
+    assert ours["means"].keys() == theirs["means"].keys()
+    for name, means in theirs["means"].items():
+        assert torch.allclose(ours["means"][name], means), name
+    assert restored.metrics() == tracker.metrics()
+    with pytest.raises(ValueError, match="does not track"):
+        DormantTracker([("0", model[0])]).load_state_dict(tracker.state_dict())

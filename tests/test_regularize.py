@@ -61,3 +61,24 @@ def test_bad_options_name_the_parameter():
         Consolidation([opt], "si")
     with pytest.raises(ValueError, match="reg_coef"):
         Consolidation([opt], "l2", coef=-1.0)
+
+
+def test_a_consolidation_restored_from_its_state_pulls_as_the_original():
+    model, opt = _model_and_opt()
+    reg = Consolidation([opt], "ewc", coef=3.0)
+    model.weight.grad = torch.ones_like(model.weight)
+    model.bias.grad = torch.ones_like(model.bias)
+    opt.step()
+    reg.consolidate()
+    with torch.no_grad():
+        model.weight.add_(0.5)
+    other, opt2 = _model_and_opt(seed=1)
+    other.load_state_dict(model.state_dict())
+    restored = Consolidation([opt2], "ewc", coef=3.0)
+    restored.load_state_dict(reg.state_dict())
+    assert restored.penalty() == reg.penalty() > 0
+    with pytest.raises(ValueError, match="'ewc' consolidation, this one is 'l2'"):
+        Consolidation([opt2], "l2").load_state_dict(reg.state_dict())
+    wide = torch.optim.SGD(nn.Linear(5, 3).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"state\['anchor'\] does not match"):
+        Consolidation([wide], "ewc").load_state_dict(reg.state_dict())
