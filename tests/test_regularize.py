@@ -66,8 +66,8 @@ def test_bad_options_name_the_parameter():
 def test_a_consolidation_restored_from_its_state_pulls_as_the_original():
     model, opt = _model_and_opt()
     reg = Consolidation([opt], "ewc", coef=3.0)
-    model.weight.grad = torch.ones_like(model.weight)
-    model.bias.grad = torch.ones_like(model.bias)
+    model.weight.grad = torch.full_like(model.weight, 2.0)  # Fisher 4, not L2's 1
+    model.bias.grad = torch.full_like(model.bias, 2.0)
     opt.step()
     reg.consolidate()
     with torch.no_grad():
