@@ -120,10 +120,11 @@ class Consolidation:
                 raise ValueError(f"state[{key!r}] does not match the parameters' shapes")
 
         def own(ts: list[Tensor] | None) -> list[Tensor] | None:
-            return None if ts is None else [t.to(p.device).clone()
-                                            for t, p in zip(ts, self.params, strict=True)]
+            # None: no anchor / Fisher yet; []: L2 keeps no gradient statistics
+            return ts if not ts else [t.to(p.device).clone()
+                                      for t, p in zip(ts, self.params, strict=True)]
         self.anchor, self.fisher = own(state["anchor"]), own(state["fisher"])
-        self._grad_sq = own(state["grad_sq"]) or []
+        self._grad_sq = own(state["grad_sq"])
         self._steps = int(state["steps"])
 
     def remove(self) -> None:

@@ -63,9 +63,10 @@ def test_bad_options_name_the_parameter():
         Consolidation([opt], "l2", coef=-1.0)
 
 
-def test_a_consolidation_restored_from_its_state_pulls_as_the_original():
+@pytest.mark.parametrize(("kind", "wrong"), [("ewc", "l2"), ("l2", "ewc")])
+def test_a_consolidation_restored_from_its_state_pulls_as_the_original(kind, wrong):
     model, opt = _model_and_opt()
-    reg = Consolidation([opt], "ewc", coef=3.0)
+    reg = Consolidation([opt], kind, coef=3.0)
     model.weight.grad = torch.full_like(model.weight, 2.0)  # Fisher 4, not L2's 1
     model.bias.grad = torch.full_like(model.bias, 2.0)
     opt.step()
@@ -74,11 +75,11 @@ def test_a_consolidation_restored_from_its_state_pulls_as_the_original():
         model.weight.add_(0.5)
     other, opt2 = _model_and_opt(seed=1)
     other.load_state_dict(model.state_dict())
-    restored = Consolidation([opt2], "ewc", coef=3.0)
+    restored = Consolidation([opt2], kind, coef=3.0)
     restored.load_state_dict(reg.state_dict())
     assert restored.penalty() == reg.penalty() > 0
-    with pytest.raises(ValueError, match="'ewc' consolidation, this one is 'l2'"):
-        Consolidation([opt2], "l2").load_state_dict(reg.state_dict())
+    with pytest.raises(ValueError, match=f"'{kind}' consolidation, this one is '{wrong}'"):
+        Consolidation([opt2], wrong).load_state_dict(reg.state_dict())
     wide = torch.optim.SGD(nn.Linear(5, 3).parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"state\['anchor'\] does not match"):
-        Consolidation([wide], "ewc").load_state_dict(reg.state_dict())
+        Consolidation([wide], kind).load_state_dict(reg.state_dict())
