@@ -381,10 +381,9 @@ class _Checkpoint:
 
     def last_task(self) -> int:
         """The last finished task (-1: none yet); refuses another run's checkpoint."""
-        index = self.folder / CHECKPOINT_INDEX
-        if not index.exists():
+        saved = _read_index(self.folder)
+        if saved is None:
             return -1
-        saved = json.loads(index.read_text())
         theirs = saved["config"]
         differ = [f"{k}: {theirs.get(k)!r} there, {self.config.get(k)!r} here"
                   for k in sorted(set(theirs) | set(self.config))
@@ -396,7 +395,7 @@ class _Checkpoint:
         return int(saved["task"])
 
     def _task_folder(self) -> Path:
-        return self.folder / json.loads((self.folder / CHECKPOINT_INDEX).read_text())["folder"]
+        return self.folder / _read_index(self.folder)["folder"]
 
     def load_model(self, cls: type[BaseAlgorithm]) -> BaseAlgorithm:
         """The model as it was after the last finished task."""
@@ -449,10 +448,16 @@ class _Checkpoint:
                 shutil.rmtree(old)
 
 
+def _read_index(folder: str | Path) -> dict[str, Any] | None:
+    """A checkpoint folder's :data:`CHECKPOINT_INDEX` (``None``: no checkpoint yet)."""
+    index = Path(folder) / CHECKPOINT_INDEX
+    return json.loads(index.read_text()) if index.exists() else None
+
+
 def checkpointed_tasks(folder: str | Path) -> int:
     """How many tasks the stream checkpoint in ``folder`` holds (0: none)."""
-    index = Path(folder) / CHECKPOINT_INDEX
-    return int(json.loads(index.read_text())["task"]) + 1 if index.exists() else 0
+    saved = _read_index(folder)
+    return 0 if saved is None else int(saved["task"]) + 1
 
 
 def _train_task(agent: _Agent, envs_: _StreamEnvs, task_id: int, steps: int, *,

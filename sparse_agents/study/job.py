@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,10 @@ class Job:
         """The job's own folder under ``out`` for what it keeps between attempts (a
         stream run's checkpoint); the runner removes it once the job's record is ok."""
         return Path(out) / "checkpoints" / self.job_id
+
+    def clear_scratch(self, out: Path) -> None:
+        """Remove the job's scratch folder (a retrain, or a job finished ok)."""
+        shutil.rmtree(self.scratch(out), ignore_errors=True)
 
     def write_record(self, out: Path, record: dict) -> None:
         """Store ``record`` atomically."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import time
 import traceback
 from collections.abc import Sequence
@@ -73,7 +72,7 @@ def store(job: StudyJob, out: Path, record: dict) -> None:
     """Write ``job``'s record; once it is ``ok``, the job's scratch folder goes."""
     job.write_record(out, record)
     if record["status"] == "ok" and isinstance(job, Job):
-        shutil.rmtree(job.scratch(out), ignore_errors=True)
+        job.clear_scratch(out)
 
 
 def _child(job: StudyJob, out: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -421,7 +420,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     if not args.resume:  # retrain: neither records nor checkpoints of earlier runs count
         for _, job in jobs:
             job.clear_record(out)
-            shutil.rmtree(job.scratch(out), ignore_errors=True)
+            job.clear_scratch(out)
     records = run_study([job for _, job in jobs], out, workers=args.jobs,
                         backend=args.backend, ray_address=args.ray_address)
     failed = [job.job_id for (_, job), r in zip(jobs, records, strict=True)
