@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import copy
 import io
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -736,3 +737,21 @@ def test_condensed_modules_import_each_other_at_top_level_without_cycles():
     for mod in sorted(graph):
         visit(mod, ())
     assert graph["layers"] >= {"kernels", "chain"} and "layers" in graph["convert"]
+
+
+@pytest.mark.skipif(not K.NUMBA_AVAILABLE or (os.cpu_count() or 1) < 2,
+                    reason="needs numba and two cores (numba's pool then wants both)")
+def test_starting_numba_threads_keeps_torch_thread_count():
+    """numba's OpenMP pool, started on first use, shares torch's libgomp; a process
+    on one torch thread stays on one (a fresh process: each pool starts once)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "torch.get_num_threads()\n"  # torch has set up its threads (a run has)
+            "from sparse_agents.condensed import kernels as K\n"
+            "K.numba_threads(2)\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert out.stdout.split()[-1] == "1"

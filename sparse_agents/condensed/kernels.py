@@ -163,11 +163,18 @@ def _np_index(t: torch.Tensor) -> np.ndarray:
 
 
 def numba_threads(n: int) -> None:
-    """Match numba's thread count to torch's (``n``) in the calling thread."""
+    """Match numba's thread count to torch's (``n``) in the calling thread.
+
+    numba's OpenMP layer shares torch's libgomp, and starting its pool (the first
+    call) sets that library's thread count to every core: torch's count is put back,
+    or a process on one torch thread would run its dense products on all cores."""
     if NUMBA_AVAILABLE:
+        torch_threads = torch.get_num_threads()
         n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
         if numba.get_num_threads() != n:
             numba.set_num_threads(n)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def make_numba_rows(values, indices, lengths, bias, parallel: bool) -> Callable:
