@@ -268,6 +268,9 @@ class _Killed(Exception):
     # the EWC anchor and Fisher sums, and a replay buffer kept across tasks
     ("sac", "pendulum-physics", {"updater": "dense", "regularizer": "ewc", "keep_buffer": True,
                                  "algo_kwargs": {"learning_starts": 100}}),
+    # a new agent per task: the finished run's model is the last task's agent
+    ("ppo", "cartpole-permuted", {"updater": "dense", "reset_per_task": True,
+                                  "algo_kwargs": {"n_envs": 2, "n_steps": 64}}),
 ])
 def test_stream_resumed_from_its_checkpoint_matches_the_uninterrupted_run(tmp_path, algo,
                                                                           stream, kwargs):
@@ -293,6 +296,10 @@ def test_stream_resumed_from_its_checkpoint_matches_the_uninterrupted_run(tmp_pa
     again = train_stream(stream, checkpoint=tmp_path,
                          on_task_end=lambda task, _: trained.append(task), **common)
     assert trained == [1, 2] and again.summary()["return_matrix"] == whole["return_matrix"]
+    assert again.model.num_timesteps == resumed.model.num_timesteps
+    for a, b in zip(again.model.policy.parameters(), resumed.model.policy.parameters(),
+                    strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_checkpoint_of_other_settings_is_refused(tmp_path):

@@ -625,9 +625,9 @@ def train_stream(
               "policy_kwargs": {k: v for k, v in pkw.items() if _jsonable(v)}}
     saver = _Checkpoint(checkpoint, config, keep_buffer) if checkpoint is not None else None
     done = saver.last_task() if saver is not None else -1
-    if done >= 0 and not reset_per_task:
+    if done >= 0:  # the last task's agent (with reset_per_task, the next task builds anew)
         agent = _Agent(lambda: saver.load_model(ALGOS[algo]), regularizer, reg_coef)
-    else:  # a run from scratch trains a new agent for every task: nothing to load
+    else:
         agent = _Agent(build, regularizer, reg_coef)
     result = StreamResult(config, [spec.describe(t) for t in range(total)],
                           np.full((total, total), np.nan), np.full((total, total), np.nan),
