@@ -68,6 +68,13 @@ def _sample(fn: Callable[[], Any], n: int, cuda: torch.device | None) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def _same_threads(threads: int, during: str) -> None:
+    now = torch.get_num_threads()
+    if now != threads:
+        raise RuntimeError(f"torch's thread count changed from {threads} to {now} during "
+                           f"{during}: the timings would mix thread counts")
+
+
 def sample_interleaved(fns: Mapping[str, Callable[[], Any]], *, rounds: int = 5,
                        calls: int | Mapping[str, int] = 1, min_sample_s: float | None = None,
                        max_calls: int = MAX_CALLS, warmup: int = 1,
@@ -91,10 +98,15 @@ def sample_interleaved(fns: Mapping[str, Callable[[], Any]], *, rounds: int = 5,
             factor times the fastest (they keep their one sample).
         before: name -> an untimed callable run before each of that candidate's samples
             (e.g. attaching or detaching hooks).
+
+    Raises ``RuntimeError`` when torch's thread count changes while timing (something
+    the candidates run reset it), as the samples would then mix thread counts.
     """
+    threads = torch.get_num_threads()
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    _same_threads(threads, "warm-up")
     cuda = _cuda(device)
     synchronize(cuda)
     reps = _calls(fns, calls, min_sample_s, max_calls, cuda)
@@ -108,6 +120,7 @@ def sample_interleaved(fns: Mapping[str, Callable[[], Any]], *, rounds: int = 5,
             if name in before:
                 before[name]()
             samples[name].append(_sample(fn, n, cuda))
+            _same_threads(threads, repr(name))
         if r == 0 and drop_slower is not None and len(live) > 1:
             best = min(samples[n][0] for n in live)
             live = [n for n in live if samples[n][0] <= drop_slower * best]

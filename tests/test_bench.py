@@ -54,6 +54,20 @@ def test_rotate_and_before_hooks():
     assert calls == list("AbBC" + "bBCA" + "CAbB")
 
 
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_a_thread_count_changed_while_timing_is_refused(warmup):
+    """A candidate that resets torch's thread count (as starting numba's OpenMP pool
+    once did) would make later samples run on other threads than the earlier ones."""
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    try:
+        fns = {"A": lambda: None, "B": lambda: torch.set_num_threads(other)}
+        with pytest.raises(RuntimeError, match=f"changed from {before} to {other}"):
+            sample_interleaved(fns, rounds=2, warmup=warmup)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_median_is_returned(monkeypatch):
     """Each sample lasts a scripted time; the result is their median, not the mean."""
     durations = iter([1.0, 9.0, 2.0, 3.0, 100.0])  # seconds, one per sample
