@@ -33,7 +33,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 import torch
@@ -162,19 +162,25 @@ def _np_index(t: torch.Tensor) -> np.ndarray:
     return a.view(np.uint16) if a.dtype == np.int16 else a.view(np.uint32)
 
 
-def numba_threads(n: int) -> None:
-    """Match numba's thread count to torch's (``n``) in the calling thread.
+@cache
+def _start_numba_pool() -> None:
+    """Start numba's thread pool, once per process, keeping torch's thread count.
 
-    numba's OpenMP layer shares torch's libgomp, and starting its pool (the first
-    call) sets that library's thread count to every core: torch's count is put back,
-    or a process on one torch thread would run its dense products on all cores."""
+    numba's OpenMP layer shares torch's libgomp, and starting the pool sets that
+    library's thread count to every core: without the reset a process on one torch
+    thread would run its dense products on all cores."""
+    torch_threads = torch.get_num_threads()
+    numba.get_num_threads()  # the first numba thread call starts the pool
+    torch.set_num_threads(torch_threads)
+
+
+def numba_threads(n: int) -> None:
+    """Match numba's thread count to torch's (``n``) in the calling thread."""
     if NUMBA_AVAILABLE:
-        torch_threads = torch.get_num_threads()
+        _start_numba_pool()
         n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
         if numba.get_num_threads() != n:
             numba.set_num_threads(n)
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
 
 
 def make_numba_rows(values, indices, lengths, bias, parallel: bool) -> Callable:
