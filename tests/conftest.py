@@ -20,6 +20,17 @@ settings.register_profile("explore", max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_dir(tmp_path_factory):
+    """SB3's ``learn()`` without a log folder makes a new ``<tmp>/SB3-<time>`` folder per
+    call (about 1,700 per test run); ``SB3_LOGDIR`` keeps them in pytest's temporary
+    directory, which pytest prunes."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3_logs")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a network connection raises (the data must be read offline)."""
